@@ -1,0 +1,139 @@
+"""Named model presets and how a model name or path resolves to a local directory."""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+from .base import ModelUnavailable
+
+DEFAULT_MODEL = "medgemma-4b"
+
+
+@dataclass(frozen=True)
+class Preset:
+    name: str
+    hub_id: str | None  # None for models medvlm builds itself
+    description: str
+    random: str | None = None  # name of the RandomVLMSpec for built models
+
+
+PRESETS: dict[str, Preset] = {
+    p.name: p
+    for p in (
+        Preset("medgemma-4b", "google/medgemma-4b-it", "MedGemma 4B instruction-tuned (Gemma3 + SigLIP), medical"),
+        Preset("smolvlm-256m", "HuggingFaceTB/SmolVLM-256M-Instruct", "SmolVLM 256M, general, small enough for CPU"),
+        Preset("smolvlm-2b", "HuggingFaceTB/SmolVLM-Instruct", "SmolVLM 2B, general"),
+        Preset("qwen2.5-vl-3b", "Qwen/Qwen2.5-VL-3B-Instruct", "Qwen2.5-VL 3B, general"),
+        Preset("demo", None, "tiny Gemma3-shaped model with random weights (text is meaningless)", random="demo"),
+        Preset("bench", None, "~0.6B Gemma3-shaped model with random weights, for benchmarks", random="bench"),
+    )
+}
+
+
+@dataclass(frozen=True)
+class ResolvedModel:
+    name: str
+    source: str  # hub id or directory
+    local_dir: Path | None  # None until a random model is built
+    revision: str | None
+    random: str | None
+
+
+def _hf_cache_snapshot(hub_id: str) -> tuple[Path, str | None] | None:
+    """Local snapshot of a hub repo if the HF cache holds a complete one (no network)."""
+    try:
+        from huggingface_hub import snapshot_download
+    except ImportError:  # pragma: no cover - transformers depends on it
+        return None
+    try:
+        path = Path(snapshot_download(hub_id, local_files_only=True))
+    except Exception:  # noqa: BLE001 - any failure means "not cached"
+        return None
+    if not (path / "config.json").is_file():
+        return None
+    return path, path.name  # snapshot folder name is the commit hash
+
+
+def _env_override(name: str) -> Path | None:
+    key = "MEDVLM_MODEL_" + "".join(c if c.isalnum() else "_" for c in name).upper()
+    value = os.environ.get(key)
+    return Path(value) if value else None
+
+
+def resolve(name_or_path: str) -> ResolvedModel:
+    """Map a preset name, a directory or a hub id to something loadable, or raise ModelUnavailable."""
+    as_path = Path(name_or_path).expanduser()
+    if as_path.exists():
+        if not (as_path / "config.json").is_file():
+            raise ModelUnavailable(f"{as_path} is not a Hugging Face model directory (no config.json).")
+        return ResolvedModel(str(name_or_path), str(as_path.resolve()), as_path.resolve(), None, None)
+    preset = PRESETS.get(name_or_path)
+    if preset and preset.random:
+        return ResolvedModel(preset.name, f"medvlm random build ({preset.random})", None, None, preset.random)
+    override = _env_override(name_or_path) if preset else None
+    if override:
+        if not (override / "config.json").is_file():
+            raise ModelUnavailable(f"{override} (from the environment) is not a Hugging Face model directory.")
+        return ResolvedModel(preset.name, str(override), override, None, None)
+    hub_id = preset.hub_id if preset else name_or_path
+    if preset is None and name_or_path.count("/") != 1:
+        raise ModelUnavailable(
+            f"unknown model {name_or_path!r}: use a preset ({', '.join(PRESETS)}), "
+            "a local model directory, or a Hugging Face hub id like org/name."
+        )
+    cached = _hf_cache_snapshot(hub_id)
+    if cached is None:
+        raise ModelUnavailable(
+            f"model {name_or_path!r} ({hub_id}) is not on this machine: run "
+            f"`huggingface-cli download {hub_id}` where there is network access, then copy the HF cache "
+            "here, or pass --model /path/to/model-dir (use --model demo only to try the pipeline)."
+        )
+    path, revision = cached
+    return ResolvedModel(preset.name if preset else name_or_path, hub_id, path, revision, None)
+
+
+def availability() -> list[dict]:
+    """One row per preset: name, hub id, available here, local directory."""
+    rows = []
+    for preset in PRESETS.values():
+        if preset.random:
+            from .demo import BENCH_SPEC, DEMO_SPEC, is_random_model_dir
+            from ..paths import cache_dir
+
+            spec = DEMO_SPEC if preset.random == "demo" else BENCH_SPEC
+            local = cache_dir() / "models" / f"{spec.name}-{spec.digest()}"
+            built = is_random_model_dir(local)
+            rows.append(
+                {
+                    "name": preset.name,
+                    "source": "built locally (random weights)",
+                    "available": True,
+                    "local_dir": str(local) if built else "(built on first use)",
+                    "description": preset.description,
+                }
+            )
+            continue
+        try:
+            resolved = resolve(preset.name)
+            rows.append(
+                {
+                    "name": preset.name,
+                    "source": preset.hub_id,
+                    "available": True,
+                    "local_dir": str(resolved.local_dir),
+                    "description": preset.description,
+                }
+            )
+        except ModelUnavailable:
+            rows.append(
+                {
+                    "name": preset.name,
+                    "source": preset.hub_id,
+                    "available": False,
+                    "local_dir": "",
+                    "description": preset.description,
+                }
+            )
+    return rows

@@ -1,0 +1,109 @@
+"""Prompt templates: YAML files in prompts/ rendered with a study's context."""
+
+from __future__ import annotations
+
+import hashlib
+import re
+from dataclasses import dataclass
+from functools import lru_cache
+from pathlib import Path
+
+import yaml
+from jinja2 import StrictUndefined, TemplateError
+from jinja2.sandbox import SandboxedEnvironment
+
+from .paths import prompts_dir
+from .records import MODALITIES, Prompt, Study
+
+
+class PromptError(ValueError):
+    """A prompt template that cannot be loaded or rendered (one line, names the file)."""
+
+
+@dataclass(frozen=True)
+class PromptTemplate:
+    id: str
+    modality: str
+    path: Path
+    hash: str
+    system: str
+    user: str
+
+
+def template_path(modality_or_path: str | Path) -> Path:
+    candidate = Path(modality_or_path)
+    if candidate.suffix in (".yaml", ".yml") or candidate.is_file():
+        return candidate
+    if str(modality_or_path) not in MODALITIES:
+        raise PromptError(f"unknown modality {modality_or_path!r}; expected one of {', '.join(MODALITIES)}")
+    return prompts_dir() / f"{modality_or_path}.yaml"
+
+
+@lru_cache(maxsize=32)
+def _load(path: Path, mtime_ns: int) -> PromptTemplate:
+    raw = path.read_bytes()
+    try:
+        data = yaml.safe_load(raw)
+    except yaml.YAMLError as exc:
+        raise PromptError(f"{path}: not valid YAML ({str(exc).splitlines()[0]})") from None
+    if not isinstance(data, dict):
+        raise PromptError(f"{path}: expected a mapping with id, modality, system, user")
+    missing = [k for k in ("id", "modality", "system", "user") if not isinstance(data.get(k), str)]
+    if missing:
+        raise PromptError(f"{path}: missing or non-text key(s): {', '.join(missing)}")
+    try:
+        _env().parse(data["user"])
+    except TemplateError as exc:
+        raise PromptError(f"{path}: template error in 'user': {exc}") from None
+    return PromptTemplate(
+        id=data["id"],
+        modality=data["modality"],
+        path=path,
+        hash=hashlib.sha256(raw).hexdigest(),
+        system=data["system"].strip(),
+        user=data["user"],
+    )
+
+
+def load_template(modality_or_path: str | Path) -> PromptTemplate:
+    """Load (and cache until the file changes) the template for a modality or a YAML path."""
+    path = template_path(modality_or_path).resolve()
+    if not path.is_file():
+        raise PromptError(f"prompt template not found: {path}")
+    return _load(path, path.stat().st_mtime_ns)
+
+
+@lru_cache(maxsize=1)
+def _env() -> SandboxedEnvironment:
+    # Sandboxed and strict: a template is user-editable data, and a typo must fail loudly.
+    return SandboxedEnvironment(undefined=StrictUndefined, autoescape=False, keep_trailing_newline=False)
+
+
+def _tidy(text: str) -> str:
+    lines = [re.sub(r"[ \t]+", " ", line).strip() for line in text.splitlines()]
+    return "\n".join(line for line in lines if line)
+
+
+def render_prompt(study: Study, template: PromptTemplate) -> Prompt:
+    """Render the template's user text with the study's (identifier-free) context."""
+    ctx = study.context
+    variables = {
+        "age_years": ctx.age_years,
+        "sex": ctx.sex,
+        "view": ctx.view,
+        "indication": ctx.indication,
+        "body_part": ctx.body_part,
+        "study_description": ctx.study_description,
+        "n_images": len(study.images),
+    }
+    try:
+        text = _env().from_string(template.user).render(**variables)
+    except TemplateError as exc:
+        raise PromptError(f"{template.path}: cannot render: {exc}") from None
+    return Prompt(
+        modality=template.modality,
+        template_id=template.id,
+        template_hash=template.hash,
+        system=template.system,
+        text=_tidy(text),
+    )
