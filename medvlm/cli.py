@@ -1,0 +1,114 @@
+"""Command line: each command parses options, calls the library, prints. Exit 0 ok, 1 some failed, 2 usage."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+from typing import Optional
+
+import typer
+from rich.console import Console
+
+from . import RESEARCH_BANNER, __version__
+from .models.registry import DEFAULT_MODEL
+
+app = typer.Typer(
+    add_completion=False,
+    no_args_is_help=True,
+    help=f"medvlm {__version__}: vision-language model readings of imaging studies. {RESEARCH_BANNER}.",
+)
+err = Console(stderr=True, highlight=False)
+out = Console(highlight=False)
+
+
+def fail(message: str, code: int = 2) -> None:
+    """One line on stderr and an exit code; no traceback for expected failures."""
+    err.print(f"[bold red]error:[/] {message}", markup=True, soft_wrap=True)
+    raise typer.Exit(code)
+
+
+@app.command()
+def batch(
+    studies: Path = typer.Argument(..., help="Folder of studies (sub-folders, DICOM files, PNG/JPEG files)."),
+    modality: str = typer.Option("chest_xray", "--modality", "-m", help="chest_xray, ct, mri or auto."),
+    model: str = typer.Option(DEFAULT_MODEL, "--model", help="Preset name, local model directory or hub id."),
+    out_dir: Path = typer.Option(Path("runs/latest"), "--out", "-o", help="Output folder."),
+    max_new_tokens: int = typer.Option(256, "--max-new-tokens", min=1, max=8192),
+    batch_size: int = typer.Option(1, "--batch-size", min=1, max=256, help="Studies per generate() call."),
+    quant: str = typer.Option("auto", "--quant", help="none, int8, int4 or auto (int8 on CPU, nf4 on CUDA with bitsandbytes)."),
+    dtype: str = typer.Option("auto", "--dtype", help="auto, float32, bfloat16 or float16."),
+    device: str = typer.Option("auto", "--device", help="auto, cpu, cuda or cuda:N."),
+    max_images: int = typer.Option(2, "--max-images", min=1, max=8, help="Images per study sent to the model."),
+    ignore_eos: bool = typer.Option(False, "--ignore-eos", help="Always generate --max-new-tokens (benchmarks)."),
+    include_phi: bool = typer.Option(False, "--include-phi", help="Copy patient identifiers into reports."),
+    force_modality: bool = typer.Option(False, "--force-modality", help="Run studies whose DICOM modality does not match."),
+    pdf: bool = typer.Option(True, "--pdf/--no-pdf", help="Also write report.pdf."),
+    prompt_file: Optional[Path] = typer.Option(None, "--prompt", help="Prompt template YAML overriding prompts/<modality>.yaml."),
+    vocab_file: Optional[Path] = typer.Option(None, "--vocab", help="Findings vocabulary YAML."),
+    rules_file: Optional[Path] = typer.Option(None, "--rules", help="Risk rules YAML."),
+) -> None:
+    """Read every study in STUDIES and write validated JSON, HTML and PDF reports plus summary.csv."""
+    from .config import RunConfig, from_env
+    from .models.base import ModelUnavailable
+    from .pipeline import UsageProblem, run_batch
+
+    if modality not in ("chest_xray", "ct", "mri", "auto"):
+        fail(f"--modality must be chest_xray, ct, mri or auto (got {modality!r})")
+    if not studies.is_dir():
+        fail(f"studies folder not found: {studies}")
+    ctx = typer.get_current_context()
+    explicit = {k for k, v in ctx.params.items() if ctx.get_parameter_source(k).name == "COMMANDLINE"}
+    config = from_env(
+        RunConfig(
+            studies=studies, out=out_dir, modality=modality, model=model, device=device, dtype=dtype, quant=quant,
+            max_new_tokens=max_new_tokens, batch_size=batch_size, max_images=max_images, ignore_eos=ignore_eos,
+            include_phi=include_phi, force_modality=force_modality, write_pdf=pdf, prompt_file=prompt_file,
+            vocab_file=vocab_file, rules_file=rules_file,
+        ),
+        explicit,
+    )
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+
+    progress = Progress(
+        TextColumn("[bold]medvlm[/]"), BarColumn(), MofNCompleteColumn(), TextColumn("elapsed"), TimeElapsedColumn(),
+        TextColumn("ETA"), TimeRemainingColumn(), console=err, transient=False,
+    )
+    task = progress.add_task("studies", total=None)
+
+    def on_total(total: int) -> None:
+        progress.update(task, total=total)
+
+    def on_progress(done: int, total: int, row: dict) -> None:
+        progress.update(task, completed=done)
+        if row["status"] != "ok":
+            progress.console.print(f"[yellow]{row['status']}[/] {row['source']}: {row['reason']}", markup=True, soft_wrap=True)
+
+    try:
+        with progress:
+            result = run_batch(config, on_progress=on_progress, on_total=on_total)
+    except (ModelUnavailable, UsageProblem) as exc:
+        fail(str(exc))
+    ok, errors, skipped = result.count("ok"), result.count("error"), result.count("skipped")
+    out.print(f"{ok} ok, {errors} failed, {skipped} skipped -> {result.out / 'summary.csv'}")
+    raise typer.Exit(1 if errors else 0)
+
+
+@app.command()
+def models() -> None:
+    """List model presets, whether each is available on this machine, and where."""
+    from rich.table import Table
+
+    from .models import availability
+
+    table = Table("preset", "available", "source", "local directory", "description")
+    for row in availability():
+        table.add_row(row["name"], "yes" if row["available"] else "no", row["source"], row["local_dir"], row["description"])
+    out.print(table)
+
+
+def main() -> None:
+    try:
+        app()
+    except KeyboardInterrupt:
+        err.print("interrupted")
+        sys.exit(130)
