@@ -11,6 +11,7 @@ from typing import Callable, Iterable, Iterator
 
 from . import findings as findings_mod
 from . import ingest, risk
+from .audit.run import open_run
 from .config import RunConfig
 from .fileio import atomic_write_bytes, atomic_write_text
 from .models import Backend, load_backend
@@ -216,33 +217,48 @@ def run_batch(
     if config.modality != "auto":
         resources.for_modality(config.modality)  # bad template/rules fail before any work
     result = BatchResult(out)
+    with open_run(out, config) as audit:
+        _run(config, resources, key, audit, result, on_progress, on_total, backend)
+    return result
+
+
+def _run(config, resources, key, audit, result, on_progress, on_total, backend) -> None:
+    out = Path(config.out)
     refs: list[StudyRef] = []
+    early: list[dict] = []
     for item in ingest.discover(Path(config.studies), key, config.modality):
         if isinstance(item, StudyError):
-            result.rows.append(_error_row(item))
+            early.append(_error_row(item))
+            audit.record(early[-1], item.ref)
+            continue
+        previous = audit.completed_row(item)
+        if previous is not None:
+            early.append(previous)  # resumed: done before with the same inputs and configuration
         else:
             refs.append(item)
-    total = len(refs) + len(result.rows)
+    total = len(refs) + len(early)
     if on_total:
         on_total(total)
-    done = len(result.rows)
-    for row in result.rows:
-        if on_progress:
-            on_progress(done, total, row)
+    done = 0
 
-    def record(row: dict) -> None:
+    def record(row: dict, ref: StudyRef | None = None) -> None:
         nonlocal done
         result.rows.append(row)
         done += 1
+        if ref is not None:
+            audit.record(row, ref)
         if on_progress:
             on_progress(done, total, row)
+
+    for row in early:
+        record(row)
 
     for chunk in _chunks(refs, max(1, config.batch_size)):
         ready: list[StudyWork] = []
         for ref in chunk:
             prepared = prepare(ref, config, resources)
             if isinstance(prepared, StudyError):
-                record(_error_row(prepared))
+                record(_error_row(prepared), ref)
             else:
                 ready.append(prepared)
         if not ready:
@@ -260,7 +276,7 @@ def run_batch(
         except Exception as exc:  # noqa: BLE001 - a model failure is recorded per study
             reason = _one_line(exc)
             for w in ready:
-                record(_error_row(StudyError(w.study.ref, "model", reason)))
+                record(_error_row(StudyError(w.study.ref, "model", reason)), w.study.ref)
             write_summary(out, result.rows)
             continue
         per_study = (time.perf_counter() - t0) / len(ready)
@@ -270,7 +286,6 @@ def run_batch(
                 row = finish(w, output, backend, config, resources)
             except Exception as exc:  # noqa: BLE001 - one study's report failure must not stop the batch
                 row = _error_row(StudyError(w.study.ref, "report", _one_line(exc)))
-            record(row)
+            record(row, w.study.ref)
         write_summary(out, result.rows)
     write_summary(out, result.rows)
-    return result
