@@ -237,23 +237,28 @@ _CLAUSE_BREAK = re.compile(
 # ---------------------------------------------------------------- cues
 
 _PSEUDO = [
-    r"no (?:significant |appreciable |interval |definite |substantial )?(?:change|increase|decrease|progression|difference|worsening)",
+    r"no (?:(?:significant|appreciable|interval|definite|substantial|radiographic)\s+)*(?:change|increase|decrease|progression|difference|worsening)",
     r"not (?:only|necessarily|significantly changed|changed)",
-    r"without (?:significant |interval )?change",
+    r"without (?:(?:significant|appreciable|interval|definite|substantial|radiographic)\s+)*change",
     r"gram negative",
     r"(?:to|that would|which would) (?:suggest|indicate|represent)",
-    r"to exclude",  # "... to exclude X" in an indication is handled as uncertainty below
     r"no longer (?:requires?|needs?)",
 ]
 _UNCERTAIN = [
     r"can ?not (?:be )?(?:entirely |completely |definitely |totally )?(?:exclude|excluded|rule out|ruled out)",
     r"can't (?:be )?(?:entirely )?(?:exclude|excluded|rule out|ruled out)",
     r"not (?:entirely |completely |definitely )?(?:excluded|ruled out)",
-    r"difficult to (?:exclude|rule out)",
+    r"(?:difficult|hard) to (?:entirely |completely )?(?:exclude|rule out)",
     r"(?:may|might|could) (?:also )?(?:represent|reflect|be|indicate|relate|include|have|signify|correspond)",
     r"possibl[ey]",
+    r"maybe",
+    r"(?:to )?(?:exclude|rule out|evaluate for|assess for|look for)",
+    r"correlate (?:clinically )?for",
+    r"in the (?:appropriate|proper|right) clinical (?:setting|context)",
     r"questionabl[ey]",
-    r"question of",
+    r"question(?: of)?",
+    r"(?:could|may|might|can) (?:obscure|mask|hide)",
+    r"(?:detect(?:ing|ion of)?|to detect)",
     r"suspicious (?:for|of)",
     r"suspect(?:ed)?",
     r"suggest(?:s|ive of|ing|ed)?",
@@ -319,7 +324,7 @@ _POST_CUES = re.compile(
     r"(?P<sep>[^.;]*?)\s*(?:"
     rf"(?P<uncertain>{_COPULA}(?:not (?:entirely |completely |definitely )?(?:excluded|ruled out)"
     r"|can ?not be (?:entirely |completely )?(?:excluded|ruled out)|(?:suspected|questioned|possible|considered)"
-    r"|(?:difficult|hard) to (?:exclude|rule out))|\?)"
+    r"|(?:difficult|hard) to (?:entirely |completely )?(?:exclude|rule out))|\?)"
     rf"|(?P<resolved>{_COPULA}(?:resolved|cleared|no longer (?:seen|visualized|present|evident|identified|apparent|visible)))"
     rf"|(?P<negated>{_COPULA}(?:not|no longer) (?:(?:well |clearly |definitely )?(?:seen|identified|visualized|present"
     r"|evident|demonstrated|appreciated|noted|detected|visible|apparent|shown|recognized))"
