@@ -106,6 +106,52 @@ def models() -> None:
     out.print(table)
 
 
+@app.command()
+def extract(
+    input_csv: Path = typer.Argument(..., help="CSV with one report text per row."),
+    id_column: str = typer.Option(..., "--id-column", help="Column holding the row id."),
+    text_column: str = typer.Option(..., "--text-column", help="Text column(s), comma-separated (joined)."),
+    modality: str = typer.Option("chest_xray", "--modality", "-m"),
+    out_csv: Path = typer.Option(..., "--out", help="Output CSV: one row per (id, code)."),
+    vocab_file: Optional[Path] = typer.Option(None, "--vocab", help="Vocabulary YAML overriding the modality's."),
+) -> None:
+    """Extract findings (present/absent/uncertain with evidence) from report text in a CSV."""
+    from .findings.extract_csv import extract_csv
+
+    if not input_csv.is_file():
+        fail(f"input CSV not found: {input_csv}")
+    try:
+        rows = extract_csv(input_csv, id_column, text_column, modality, out_csv, vocab=vocab_file)
+    except (KeyError, ValueError, OSError) as exc:
+        fail(str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__)
+    out.print(f"{rows} finding rows -> {out_csv}")
+
+
+@app.command()
+def regrade(
+    run_dir: Path = typer.Argument(..., help="Output folder of an earlier batch."),
+    rules_file: Optional[Path] = typer.Option(None, "--rules", help="Risk rules YAML (default: the modality's)."),
+    vocab_file: Optional[Path] = typer.Option(None, "--vocab", help="Vocabulary YAML (default: the modality's)."),
+    pdf: bool = typer.Option(True, "--pdf/--no-pdf"),
+) -> None:
+    """Re-extract findings and re-grade risk from the stored model text, without loading a model."""
+    from .regrade import regrade_run
+
+    if not run_dir.is_dir():
+        fail(f"run folder not found: {run_dir}")
+    for path in (rules_file, vocab_file):
+        if path is not None and not path.is_file():
+            fail(f"file not found: {path}")
+    try:
+        result = regrade_run(run_dir, vocab_file=vocab_file, rules_file=rules_file, pdf=pdf)
+    except ValueError as exc:  # invalid rules or vocabulary: one line naming file and line
+        fail(str(exc).splitlines()[0])
+    for problem in result.errors:
+        err.print(f"[yellow]error[/] {problem}", markup=True, soft_wrap=True)
+    out.print(f"{result.rewritten} reports regraded, {len(result.changed)} changed risk level")
+    raise typer.Exit(1 if result.errors else 0)
+
+
 def main() -> None:
     try:
         app()

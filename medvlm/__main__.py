@@ -1,0 +1,5 @@
+"""`python -m medvlm` runs the CLI."""
+
+from .cli import main
+
+main()

@@ -1,0 +1,80 @@
+"""Re-extract findings and re-grade risk from the model text stored in a run's reports (no model)."""
+
+from __future__ import annotations
+
+import csv
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from . import findings as findings_mod
+from . import risk
+from .pipeline import write_summary
+from .records import to_jsonable
+from .report.build import utc_now
+from .report.write import read_thumbnails, write_rendered, write_report_json
+
+
+@dataclass
+class RegradeResult:
+    changed: list[str] = field(default_factory=list)  # study keys whose risk level changed
+    rewritten: int = 0
+    errors: list[str] = field(default_factory=list)  # "key: reason"
+
+
+def regrade_report(doc: dict, vocab_file: Path | None = None, rules_file: Path | None = None) -> dict:
+    """A new report dict: same study, prompt and model text; findings, risk and their hashes renewed."""
+    modality = doc["study"]["modality"]
+    vocab = findings_mod.load_vocabulary(vocab_file or modality)
+    rules = risk.load_rules(rules_file or modality, vocab)
+    text = doc["model_output"]["text"]
+    found = findings_mod.extract(text, modality, vocab)
+    grade = risk.grade(found, rules, doc["model_output"]["answer_status"])
+    new = json.loads(json.dumps(doc))  # deep copy of plain JSON
+    new["findings"] = [to_jsonable(f) for f in found]
+    new["risk"] = to_jsonable(grade)
+    prov = new["provenance"]
+    prov["vocabulary"] = {"id": vocab.id, "sha256": vocab.hash, "path": str(vocab.path)}
+    prov["rules"] = {"id": rules.id, "sha256": rules.hash, "path": str(rules.path)}
+    prov["regraded_at"] = utc_now()
+    return new
+
+
+def regrade_run(
+    run_dir: Path, *, vocab_file: Path | None = None, rules_file: Path | None = None, pdf: bool = True, on_report=None
+) -> RegradeResult:
+    """Rewrite every report.json (validated) and its HTML/PDF under run_dir; returns what changed."""
+    run_dir = Path(run_dir)
+    result = RegradeResult()
+    summary = _read_summary(run_dir)
+    for report_path in sorted(run_dir.glob("*/report.json")):
+        study_dir = report_path.parent
+        try:
+            doc = json.loads(report_path.read_text(encoding="utf-8"))
+            new = regrade_report(doc, vocab_file, rules_file)
+            write_report_json(study_dir, new)
+            write_rendered(study_dir, new, read_thumbnails(study_dir, new), pdf=pdf)
+        except (OSError, ValueError, KeyError) as exc:
+            reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+            result.errors.append(f"{study_dir.name}: {reason}")
+            continue
+        result.rewritten += 1
+        if new["risk"]["level"] != doc["risk"]["level"]:
+            result.changed.append(study_dir.name)
+        row = summary.get(study_dir.name)
+        if row is not None:
+            row["risk_level"] = new["risk"]["level"]
+            row["present_findings"] = ";".join(sorted({f["code"] for f in new["findings"] if f["status"] == "present"}))
+        if on_report:
+            on_report(study_dir, doc, new)
+    if summary:
+        write_summary(run_dir, summary.values())
+    return result
+
+
+def _read_summary(run_dir: Path) -> dict[str, dict]:
+    path = run_dir / "summary.csv"
+    if not path.is_file():
+        return {}
+    with open(path, newline="", encoding="utf-8") as fh:
+        return {row["study_key"]: row for row in csv.DictReader(fh)}
