@@ -15,6 +15,7 @@ from .models.registry import DEFAULT_MODEL
 app = typer.Typer(
     add_completion=False,
     no_args_is_help=True,
+    pretty_exceptions_show_locals=False,
     help=f"medvlm {__version__}: vision-language model readings of imaging studies. {RESEARCH_BANNER}.",
 )
 err = Console(stderr=True, highlight=False)
@@ -29,6 +30,7 @@ def fail(message: str, code: int = 2) -> None:
 
 @app.command()
 def batch(
+    ctx: typer.Context,
     studies: Path = typer.Argument(..., help="Folder of studies (sub-folders, DICOM files, PNG/JPEG files)."),
     modality: str = typer.Option("chest_xray", "--modality", "-m", help="chest_xray, ct, mri or auto."),
     model: str = typer.Option(DEFAULT_MODEL, "--model", help="Preset name, local model directory or hub id."),
@@ -56,7 +58,6 @@ def batch(
         fail(f"--modality must be chest_xray, ct, mri or auto (got {modality!r})")
     if not studies.is_dir():
         fail(f"studies folder not found: {studies}")
-    ctx = typer.get_current_context()
     explicit = {k for k, v in ctx.params.items() if ctx.get_parameter_source(k).name == "COMMANDLINE"}
     config = from_env(
         RunConfig(
@@ -100,9 +101,11 @@ def models() -> None:
 
     from .models import availability
 
-    table = Table("preset", "available", "source", "local directory", "description")
+    table = Table("preset", "available", "local directory", "source / description")
     for row in availability():
-        table.add_row(row["name"], "yes" if row["available"] else "no", row["source"], row["local_dir"], row["description"])
+        table.add_row(
+            row["name"], "yes" if row["available"] else "no", row["local_dir"] or "-", f"{row['source']}\n{row['description']}"
+        )
     out.print(table)
 
 

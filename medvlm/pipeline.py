@@ -15,6 +15,7 @@ from .audit.run import open_run
 from .config import RunConfig
 from .fileio import atomic_write_bytes, atomic_write_text
 from .models import Backend, load_backend
+from .models import resolve as resolve_model
 from .prompts import PromptError, PromptTemplate, load_template, render_prompt
 from .records import ModelOutput, Prompt, Study, StudyError, StudyRef, Timings
 from .report.build import build_report, utc_now
@@ -211,11 +212,13 @@ def run_batch(
 ) -> BatchResult:
     """Run every study under config.studies; a failure is a row in summary.csv, never an abort."""
     out = Path(config.out)
-    out.mkdir(parents=True, exist_ok=True)
-    key = ingest.load_or_create_key(out)
+    if backend is None:
+        resolve_model(config.model)  # an absent model fails in one line before anything is written
     resources = Resources(config)
     if config.modality != "auto":
         resources.for_modality(config.modality)  # bad template/rules fail before any work
+    out.mkdir(parents=True, exist_ok=True)
+    key = ingest.load_or_create_key(out)
     result = BatchResult(out)
     with open_run(out, config) as audit:
         _run(config, resources, key, audit, result, on_progress, on_total, backend)
