@@ -78,6 +78,7 @@ def batch(
 
     def on_total(total: int) -> None:
         progress.update(task, total=total)
+        progress.start()  # only once the run is known to be valid, so usage errors print alone
 
     def on_progress(done: int, total: int, row: dict) -> None:
         progress.update(task, completed=done)
@@ -85,10 +86,12 @@ def batch(
             progress.console.print(f"[yellow]{row['status']}[/] {row['source']}: {row['reason']}", markup=True, soft_wrap=True)
 
     try:
-        with progress:
-            result = run_batch(config, on_progress=on_progress, on_total=on_total)
+        result = run_batch(config, on_progress=on_progress, on_total=on_total)
     except (ModelUnavailable, UsageProblem) as exc:
+        progress.stop()
         fail(str(exc))
+    finally:
+        progress.stop()
     ok, errors, skipped = result.count("ok"), result.count("error"), result.count("skipped")
     out.print(f"{ok} ok, {errors} failed, {skipped} skipped -> {result.out / 'summary.csv'}")
     raise typer.Exit(1 if errors else 0)
