@@ -188,7 +188,7 @@ def _compile(vocab: Vocabulary) -> tuple[_CompiledEntry, ...]:
 
 _ABBREVIATIONS = {"dr", "mr", "mrs", "ms", "vs", "e.g", "i.e", "approx", "fig", "st", "no", "lt", "rt", "etc", "cf"}
 _BOUNDARY = re.compile(r"[.!?](?=\s|$)|\n\s*\n|\n(?=\s*(?:[-*\u2022]|\d{1,2}[.)]|[A-Z]))")
-_LIST_MARKER = re.compile(r"^\s*(?:\d{1,2}[.)]|[-*\u2022])\s+")
+_LIST_MARKER = re.compile(r"\s*(?:\d{1,2}[.)]|[-*\u2022])\s+")
 
 
 def split_sentences(text: str) -> list[tuple[int, int]]:
@@ -253,7 +253,7 @@ _UNCERTAIN = [
     r"possibl[ey]",
     r"maybe",
     r"(?:to )?(?:exclude|rule out|evaluate for|assess for|look for)",
-    r"correlate (?:clinically )?for",
+    r"(?:correlate (?:clinically )?|(?:clinical )?correlation )for",
     r"in the (?:appropriate|proper|right) clinical (?:setting|context)",
     r"questionabl[ey]",
     r"question(?: of)?",
@@ -332,6 +332,8 @@ _POST_CUES = re.compile(
     r")(?![\w])",
     re.IGNORECASE,
 )
+# "X versus Y": the cue also reaches back to the alternative just before it.
+_VERSUS_AFTER = re.compile(r"\s*(?:[\w/-]+\s+){0,4}?(?:versus|vs\.?)(?![\w])", re.IGNORECASE)
 _VERB_BETWEEN = re.compile(r"\b(?:is|are|was|were|has|have|there|with|shows?|demonstrates?|appears?)\b", re.IGNORECASE)
 _REASSERT = re.compile(
     r"\b(?:again (?:seen|noted|demonstrated|identified|visualized)|re-?demonstrated|persist\w*|unchanged|stable"
@@ -466,6 +468,9 @@ def _decide(text: str, c0: int, c1: int, start: int, end: int, cues: list[re.Mat
             if kind == "resolved":
                 return "absent", cue, "resolved"
             return ("uncertain" if kind == "uncertain" else "absent"), cue, None
+    versus = _VERSUS_AFTER.match(text, end, c1)
+    if versus:
+        return "uncertain", versus.group(0).split()[-1], None
     pre = [m for m in cues if c0 <= m.start() and m.end() <= start]
     if pre:
         m = pre[-1]

@@ -15,7 +15,7 @@ LEVEL_ORDER = {"normal": 0, "low": 1, "moderate": 2, "high": 3, "critical": 4}
 ANSWER_STATUSES = ("complete", "truncated", "empty", "error")
 _STATUSES = ("present", "absent", "uncertain")
 _WHEN_KEYS = {"code", "critical", "status", "severity", "laterality", "change"}
-_RULE_KEYS = {"id", "level", "description", "when", "min_count"}
+_RULE_KEYS = {"id", "level", "description", "when", "min_count", "only_unmatched"}
 
 
 class RulesError(ValueError):
@@ -34,6 +34,7 @@ class Rule:
     lateralities: frozenset[str] | None = None
     changes: frozenset[str] | None = None
     min_count: int = 1
+    only_unmatched: bool = False  # fire only for findings that no earlier rule matched
     line: int = 0
 
     def matches(self, f: Finding) -> bool:
@@ -94,6 +95,9 @@ def _parse_rule(raw, path: Path, line: int, vocab: Vocabulary) -> Rule:
     min_count = raw.get("min_count", 1)
     if not isinstance(min_count, int) or isinstance(min_count, bool) or min_count < 1:
         raise RulesError(f"{path}:{raw.key_lines.get('min_count', line)}: min_count of {rule_id!r} must be a positive integer")
+    only_unmatched = raw.get("only_unmatched", False)
+    if not isinstance(only_unmatched, bool):
+        raise RulesError(f"{path}:{raw.key_lines['only_unmatched']}: only_unmatched of {rule_id!r} must be true or false")
     when = raw.get("when")
     if not isinstance(when, LineDict):
         raise RulesError(f"{path}:{raw.key_lines.get('when', line)}: rule {rule_id!r} needs a 'when' mapping")
@@ -121,6 +125,7 @@ def _parse_rule(raw, path: Path, line: int, vocab: Vocabulary) -> Rule:
         lateralities=cond("laterality", {"left", "right", "bilateral"}),
         changes=cond("change", {"new", "worsening", "stable", "improving", "resolved"}),
         min_count=min_count,
+        only_unmatched=only_unmatched,
         line=line,
     )
 
@@ -180,7 +185,7 @@ def grade(findings: list[Finding], rules: RuleSet, answer_status: str = "complet
     fired: list[FiredRule] = []
     covered: set[str] = set()
     for rule in rules.rules:
-        hits = [f for f in findings if rule.matches(f)]
+        hits = [f for f in findings if rule.matches(f) and not (rule.only_unmatched and f.code in covered)]
         if len(hits) < rule.min_count:
             continue
         for f in hits:
