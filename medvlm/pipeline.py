@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import csv
 import io
+import json
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -198,6 +199,27 @@ def finish(
     }
 
 
+def write_run_record(out: Path, config: RunConfig, result: BatchResult, backend: Backend | None, started_at: str) -> None:
+    """run.json: what this invocation was asked to do and how it went (validated like reports)."""
+    from . import DISCLAIMER, __version__
+    from .report.build import model_provenance
+    from .report.validate import validate_report
+
+    doc = {
+        "schema_version": "1.0",
+        "research_use_only": True,
+        "disclaimer": DISCLAIMER,
+        "medvlm_version": __version__,
+        "config": config.as_dict(),
+        "model": model_provenance(backend.info) if backend is not None else None,
+        "started_at": started_at,
+        "finished_at": utc_now(),
+        "counts": {s: result.count(s) for s in ("ok", "error", "skipped")},
+    }
+    validate_report(doc, "batch.schema.json")
+    atomic_write_text(out / "run.json", json.dumps(doc, indent=2) + "\n")
+
+
 def _chunks(items: list, size: int) -> Iterator[list]:
     for i in range(0, len(items), size):
         yield items[i : i + size]
@@ -220,12 +242,14 @@ def run_batch(
     out.mkdir(parents=True, exist_ok=True)
     key = ingest.load_or_create_key(out)
     result = BatchResult(out)
+    started_at = utc_now()
     with open_run(out, config) as audit:
-        _run(config, resources, key, audit, result, on_progress, on_total, backend)
+        backend = _run(config, resources, key, audit, result, on_progress, on_total, backend)
+    write_run_record(out, config, result, backend, started_at)
     return result
 
 
-def _run(config, resources, key, audit, result, on_progress, on_total, backend) -> None:
+def _run(config, resources, key, audit, result, on_progress, on_total, backend) -> Backend | None:
     out = Path(config.out)
     refs: list[StudyRef] = []
     early: list[dict] = []
@@ -292,3 +316,4 @@ def _run(config, resources, key, audit, result, on_progress, on_total, backend) 
             record(row, w.study.ref)
         write_summary(out, result.rows)
     write_summary(out, result.rows)
+    return backend
