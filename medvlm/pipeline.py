@@ -20,6 +20,7 @@ from .models import resolve as resolve_model
 from .prompts import PromptError, PromptTemplate, load_template, render_prompt
 from .records import ModelOutput, Prompt, Study, StudyError, StudyRef, Timings
 from .report.build import build_report, utc_now
+from .report.index import write_index
 from .report.write import thumbnail_png, write_rendered, write_report_json
 
 SUMMARY_COLUMNS = [
@@ -316,4 +317,5 @@ def _run(config, resources, key, audit, result, on_progress, on_total, backend) 
             record(row, w.study.ref)
         write_summary(out, result.rows)
     write_summary(out, result.rows)
+    write_index(out, result.rows)
     return backend
