@@ -158,6 +158,40 @@ def regrade(
     raise typer.Exit(1 if result.errors else 0)
 
 
+@app.command()
+def verify(run_dir: Path = typer.Argument(..., help="Output folder of a batch.")) -> None:
+    """Check the ledger chain, every report and file hash, and reports without a ledger record."""
+    from .audit.verify import NotARun, verify_run
+
+    try:
+        result = verify_run(run_dir)
+    except NotARun as exc:
+        fail(str(exc))
+    for problem in result.problems:
+        out.print(f"PROBLEM {problem}", soft_wrap=True, markup=False)
+    status = "OK" if result.ok else f"FAILED ({len(result.problems)} problems)"
+    out.print(f"{status}: {result.summary_line()}", soft_wrap=True, markup=False)
+    raise typer.Exit(0 if result.ok else 1)
+
+
+@app.command()
+def export(
+    run_dir: Path = typer.Argument(..., help="Output folder of a batch."),
+    fmt: str = typer.Option("csv", "--format", "-f", help="csv, parquet or jsonl."),
+    out_dir: Path = typer.Option(..., "--out", "-o", help="Folder for studies.<fmt> and findings.<fmt>."),
+    include_phi: bool = typer.Option(False, "--include-phi", help="Add source paths and phi_* columns when reports have them."),
+) -> None:
+    """Write a studies table and a findings table (columns: docs/export.md); de-identified by default."""
+    from .audit.export import ExportProblem, export_run
+
+    try:
+        written = export_run(run_dir, out_dir, fmt, include_phi=include_phi)
+    except ExportProblem as exc:
+        fail(str(exc))
+    for name, (path, rows) in written.items():
+        out.print(f"{name}: {rows} rows -> {path}", soft_wrap=True, markup=False)
+
+
 def main() -> None:
     try:
         app()

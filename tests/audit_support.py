@@ -1,0 +1,59 @@
+"""Helpers shared by the audit tests (test_audit*, test_resume*, test_verify*, test_export*)."""
+
+from __future__ import annotations
+
+import csv
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+from PIL import Image
+
+
+def make_png_studies(root: Path, n: int = 6, size: int = 96) -> Path:
+    """n single-image studies: one small grey PNG each, in the folder root (each file is a study)."""
+    root.mkdir(parents=True, exist_ok=True)
+    for i in range(n):
+        rng = np.random.default_rng(i)
+        Image.fromarray(rng.integers(0, 255, (size, size), dtype=np.uint8), mode="L").save(root / f"cxr-{i:02d}.png")
+    return root
+
+
+def batch_args(studies: Path, out: Path, *extra: str) -> list[str]:
+    return [
+        "batch", str(studies), "--modality", "chest_xray", "--model", "demo", "--out", str(out),
+        "--max-new-tokens", "8", "--no-pdf", *extra,
+    ]
+
+
+def medvlm_cmd(*args: str) -> list[str]:
+    return [sys.executable, "-m", "medvlm", *args]
+
+
+def run_medvlm(*args: str, timeout: float = 300) -> subprocess.CompletedProcess:
+    return subprocess.run(medvlm_cmd(*args), capture_output=True, text=True, env=dict(os.environ), timeout=timeout)
+
+
+def read_summary(out: Path) -> list[dict]:
+    with open(out / "summary.csv", newline="", encoding="utf-8") as fh:
+        return list(csv.DictReader(fh))
+
+
+def ledger_records(out: Path) -> list[dict]:
+    path = out / "ledger.jsonl"
+    if not path.is_file():
+        return []
+    records = []
+    for line in path.read_bytes().split(b"\n"):
+        try:
+            records.append(json.loads(line))
+        except ValueError:
+            pass  # torn or empty
+    return records
+
+
+def attempts(out: Path) -> list[dict]:
+    return [r for r in ledger_records(out) if r.get("kind") == "attempt"]
