@@ -62,7 +62,11 @@ def resolve_data_path(modality_or_path: str | Path, kind: str) -> Path:
 
 
 def phrase_to_regex(phrase: str) -> str:
-    """Vocabulary phrase syntax to a regex: words, `*` word endings, or `re:` raw."""
+    """Vocabulary phrase syntax to a whole-word regex: words, `*` word endings, or `re:` raw."""
+    return rf"(?<![\w])(?:{_phrase_body(phrase)})(?![\w])"
+
+
+def _phrase_body(phrase: str) -> str:
     if phrase.startswith("re:"):
         body = phrase[3:]
     else:
@@ -73,7 +77,7 @@ def phrase_to_regex(phrase: str) -> str:
             else:
                 words.append(re.escape(word))
         body = r"[\s\-]+".join(words)
-    return rf"(?<![\w])(?:{body})(?![\w])"
+    return body
 
 
 def _string_list(value, where: str, path: Path, line: int) -> tuple[str, ...]:
@@ -169,7 +173,9 @@ def _alternation(phrases: tuple[str, ...]) -> re.Pattern | None:
         return None
     # Longer phrases first so the alternation prefers the most specific synonym.
     ordered = sorted(phrases, key=len, reverse=True)
-    return re.compile("|".join(phrase_to_regex(p) for p in ordered), re.IGNORECASE)
+    # One boundary check around the whole alternation is several times faster than one per phrase.
+    body = "|".join(f"(?:{_phrase_body(p)})" for p in ordered)
+    return re.compile(rf"(?<![\w])(?:{body})(?![\w])", re.IGNORECASE)
 
 
 def _compile(vocab: Vocabulary) -> tuple[_CompiledEntry, ...]:
@@ -241,6 +247,7 @@ _PSEUDO = [
     r"not (?:only|necessarily|significantly changed|changed)",
     r"without (?:(?:significant|appreciable|interval|definite|substantial|radiographic)\s+)*change",
     r"gram negative",
+    r"(?:most|strongly|highly|very) (?:suggestive of|suggests|suggesting)",  # as strong as "likely"
     r"(?:to|that would|which would) (?:suggest|indicate|represent)",
     r"no longer (?:requires?|needs?)",
 ]
@@ -305,8 +312,9 @@ _HISTORY = [
 ]
 
 _PRE_CUES = re.compile(
-    "|".join(
-        f"(?P<{kind}{i}>(?<![\\w])(?:{pattern})(?![\\w]))"
+    r"(?<![\w])(?:"
+    + "|".join(
+        f"(?P<{kind}{i}>{pattern})"
         for kind, patterns in (
             ("pseudo", _PSEUDO),
             ("uncertain", _UNCERTAIN),
@@ -315,7 +323,8 @@ _PRE_CUES = re.compile(
             ("history", _HISTORY),
         )
         for i, pattern in enumerate(patterns)
-    ),
+    )
+    + r")(?![\w])",
     re.IGNORECASE,
 )
 
@@ -489,24 +498,41 @@ def _decide(text: str, c0: int, c1: int, start: int, end: int, cues: list[re.Mat
     return "present", None, None
 
 
+def _matches(text: str, compiled: tuple[_CompiledEntry, ...]) -> list[tuple[_CompiledEntry, int, int, bool]]:
+    """Every vocabulary match in the text: (entry, start, end, is_negative_form)."""
+    spans: list[tuple[_CompiledEntry, int, int, bool]] = []
+    for ce in compiled:
+        taken: list[tuple[int, int]] = []
+        if ce.negative is not None:
+            for m in ce.negative.finditer(text):
+                spans.append((ce, m.start(), m.end(), True))
+                taken.append((m.start(), m.end()))
+        if ce.exclusion is not None:
+            taken.extend((m.start(), m.end()) for m in ce.exclusion.finditer(text))
+        for m in ce.mention.finditer(text):
+            a, b = m.start(), m.end()
+            if not any(a < y and x < b for x, y in taken):
+                spans.append((ce, a, b, False))
+    spans.sort(key=lambda s: s[1])
+    return spans
+
+
 def _mentions(text: str, compiled: tuple[_CompiledEntry, ...]) -> list[_Mention]:
     out: list[_Mention] = []
+    matches = _matches(text, compiled)
+    if not matches:
+        return out
     for s0, s1 in split_sentences(text):
-        spans: list[tuple[_CompiledEntry, int, int, bool]] = []
-        for ce in compiled:
-            taken: list[tuple[int, int]] = []
-            if ce.negative is not None:
-                for m in ce.negative.finditer(text, s0, s1):
-                    spans.append((ce, m.start(), m.end(), True))
-                    taken.append((m.start(), m.end()))
-            excluded = [(m.start(), m.end()) for m in ce.exclusion.finditer(text, s0, s1)] if ce.exclusion else []
-            for m in ce.mention.finditer(text, s0, s1):
-                a, b = m.start(), m.end()
-                if any(a < y and x < b for x, y in taken + excluded):
-                    continue
-                spans.append((ce, a, b, False))
+        spans = [m for m in matches if s0 <= m[1] and m[2] <= s1]
+        if not spans:
+            continue
         normal_spans = [(a, b) for ce, a, b, _ in spans if ce.entry.code == NO_FINDING]
         clauses = _clauses(text, s0, s1, normal_spans)
+        sentence_cues = [
+            m
+            for m in _PRE_CUES.finditer(text, s0, s1)
+            if not (m.lastgroup or "").startswith("pseudo") and not any(x <= m.start() < y for x, y in normal_spans)
+        ]
         for ce, a, b, is_negative_form in spans:
             c0, c1 = next(((x, y) for x, y in clauses if x <= a < y), (s0, s1))
             c1 = max(c1, b)
@@ -515,13 +541,7 @@ def _mentions(text: str, compiled: tuple[_CompiledEntry, ...]) -> list[_Mention]
             elif is_negative_form:
                 status, cue, change = "absent", text[a:b], None
             else:
-                cues = [
-                    m
-                    for m in _PRE_CUES.finditer(text, c0, c1)
-                    if not (m.lastgroup or "").startswith("pseudo")
-                    and not any(x <= m.start() < y for x, y in normal_spans)
-                    and not (a <= m.start() < b)
-                ]
+                cues = [m for m in sentence_cues if c0 <= m.start() and m.end() <= c1 and not (a <= m.start() < b)]
                 status, cue, change = _decide(text, c0, c1, a, b, cues)
             p0, p1 = _phrase_span(text, c0, c1, a, b)
             window = text[p0:p1]
