@@ -419,3 +419,26 @@ def test_extract_csv_joins_text_columns_and_writes_rows(tmp_path):
     assert rows[rows["id"] == "b"]["code"].tolist() == ["no_finding"]
     with pytest.raises(ValueError, match="missing column"):
         extract_csv(src, "study", "report", "chest_xray", out)
+
+
+def test_strong_suggestion_reads_as_likely():
+    # "most/highly suggestive of" is as strong as "likely"; plain "suggestive of" hedges.
+    assert status("Right lower lobe opacity, highly suggestive of pneumonia.", "pneumonia") == "present"
+    assert status("Right lower lobe opacity, suggestive of pneumonia.", "pneumonia") == "uncertain"
+
+
+def test_hypothetical_mentions_are_not_findings():
+    assert status("Overlapping ribs could obscure a small nodule.", "nodule") == "uncertain"
+    assert status("Follow-up radiograph is advised to exclude an underlying mass.", "mass") == "uncertain"
+
+
+def test_chronic_incidental_findings_are_coded():
+    f = by_code("Calcified granuloma in the left upper lobe. Mild degenerative changes of the thoracic spine.")
+    assert f["granuloma"].status == "present"
+    assert f["degenerative_spine"].status == "present"
+
+
+def test_vascular_congestion_is_not_edema():
+    f = by_code("Mild pulmonary vascular congestion without overt edema.")
+    assert f["vascular_congestion"].status == "present"
+    assert f["edema"].status == "absent"

@@ -163,3 +163,14 @@ def test_invalid_rules_name_file_and_line(tmp_path, body, line, message):
 def test_missing_rules_file_is_an_error(tmp_path):
     with pytest.raises(RulesError, match="not found"):
         load_rules(tmp_path / "nope.yaml")
+
+
+def test_incidental_chronic_finding_keeps_report_off_normal():
+    assert level("Calcified granuloma in the right lung base. No acute cardiopulmonary abnormality.") == "low"
+
+
+def test_only_unmatched_must_be_boolean(tmp_path):
+    path = tmp_path / "rules.yaml"
+    path.write_text("id: r\nrules:\n  - id: a\n    level: low\n    only_unmatched: sometimes\n    when: {}\n")
+    with pytest.raises(RulesError, match=rf"^{path}:5: only_unmatched"):
+        load_rules(path, vocab=load_vocabulary("chest_xray"))
