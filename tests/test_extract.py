@@ -442,3 +442,17 @@ def test_vascular_congestion_is_not_edema():
     f = by_code("Mild pulmonary vascular congestion without overt edema.")
     assert f["vascular_congestion"].status == "present"
     assert f["edema"].status == "absent"
+
+
+def test_words_inside_a_mention_are_not_its_severity():
+    f = by_code("Dilated loops with a transition point, consistent with small bowel obstruction.", "ct")
+    assert f["bowel_obstruction"].status == "present"
+    assert f["bowel_obstruction"].severity is None
+
+
+def test_old_infarct_and_healed_fracture_are_not_acute_ct_findings():
+    f = by_code("Old lacunar infarct in the left basal ganglia. Healed left rib fractures. No acute fracture.", "ct")
+    assert "infarct" not in f
+    assert f["chronic_infarct"].status == "present"
+    assert f["fracture"].status == "present"
+    assert f["acute_fracture"].status == "absent"

@@ -174,3 +174,9 @@ def test_only_unmatched_must_be_boolean(tmp_path):
     path.write_text("id: r\nrules:\n  - id: a\n    level: low\n    only_unmatched: sometimes\n    when: {}\n")
     with pytest.raises(RulesError, match=rf"^{path}:5: only_unmatched"):
         load_rules(path, vocab=load_vocabulary("chest_xray"))
+
+
+def test_chronic_ct_findings_do_not_grade_critical():
+    text = "Old lacunar infarct in the left basal ganglia. No acute intracranial abnormality."
+    assert level(text, "ct") == "low"
+    assert level("Bowel obstruction cannot be excluded.", "ct") == "high"

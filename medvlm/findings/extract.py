@@ -544,7 +544,8 @@ def _mentions(text: str, compiled: tuple[_CompiledEntry, ...]) -> list[_Mention]
                 cues = [m for m in sentence_cues if c0 <= m.start() and m.end() <= c1 and not (a <= m.start() < b)]
                 status, cue, change = _decide(text, c0, c1, a, b, cues)
             p0, p1 = _phrase_span(text, c0, c1, a, b)
-            window = text[p0:p1]
+            # Words inside the mention itself ("small bowel obstruction") are not attributes.
+            window = f"{text[p0:a]} | {text[b:p1]}"
             out.append(
                 _Mention(
                     code=ce.entry.code,
@@ -555,7 +556,7 @@ def _mentions(text: str, compiled: tuple[_CompiledEntry, ...]) -> list[_Mention]
                     status=status,
                     cue=cue,
                     severity=_severity(window),
-                    laterality=_laterality(window),
+                    laterality=_laterality(text[p0:p1]),
                     change=change or _change(text[c0:c1]),
                 )
             )
