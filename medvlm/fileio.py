@@ -15,7 +15,7 @@ def atomic_write_bytes(path: Path, data: bytes) -> str:
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     try:
         # mkstemp creates 0600; outputs are meant to be shared like any file the user writes.
-        os.fchmod(fd, 0o666 & ~_umask())
+        os.fchmod(fd, 0o666 & ~_UMASK)
         with os.fdopen(fd, "wb") as fh:
             fh.write(data)
             fh.flush()
@@ -31,10 +31,14 @@ def atomic_write_bytes(path: Path, data: bytes) -> str:
     return hashlib.sha256(data).hexdigest()
 
 
-def _umask() -> int:
-    current = os.umask(0)
+def _read_umask() -> int:
+    current = os.umask(0o022)
     os.umask(current)
     return current
+
+
+# Read once at import: os.umask() is process-wide, so probing it while writer threads run would race.
+_UMASK = _read_umask()
 
 
 def atomic_write_text(path: Path, text: str) -> str:
