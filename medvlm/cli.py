@@ -192,6 +192,48 @@ def export(
         out.print(f"{name}: {rows} rows -> {path}", soft_wrap=True, markup=False)
 
 
+@app.command()
+def bench(
+    studies: Path = typer.Argument(..., help="Folder of studies to benchmark on."),
+    model: str = typer.Option("bench", "--model", help="Preset (bench: ~0.6B random-weight Gemma3), directory or hub id."),
+    out_dir: Path = typer.Option(Path("runs/bench"), "--out", "-o", help="Output folder (bench.json, bench.png, reports)."),
+    modality: str = typer.Option("chest_xray", "--modality", "-m"),
+    max_new_tokens: int = typer.Option(64, "--max-new-tokens", min=1, max=8192, help="Exactly this many per study."),
+    batch_size: int = typer.Option(8, "--batch-size", min=1, max=256),
+    quant: str = typer.Option("auto", "--quant", help="none, int8, int4 or auto."),
+    dtype: str = typer.Option("auto", "--dtype"),
+    device: str = typer.Option("auto", "--device"),
+    baseline: bool = typer.Option(True, "--baseline/--no-baseline", help="Also run the seed-style loop (fp32, one study at a time)."),
+    pdf: bool = typer.Option(True, "--pdf/--no-pdf"),
+) -> None:
+    """Time every stage of a batch (tokens/s, studies/min, peak memory) and compare with a seed-style loop."""
+    from .bench import run_bench
+    from .config import RunConfig
+    from .models.base import ModelUnavailable
+    from .pipeline import UsageProblem
+
+    if not studies.is_dir():
+        fail(f"studies folder not found: {studies}")
+    config = RunConfig(
+        studies=studies, out=out_dir, modality=modality, model=model, device=device, dtype=dtype, quant=quant,
+        max_new_tokens=max_new_tokens, batch_size=batch_size, ignore_eos=True, write_pdf=pdf,
+    )
+    try:
+        doc = run_bench(config, baseline=baseline)
+    except (ModelUnavailable, UsageProblem) as exc:
+        fail(str(exc))
+    rows = doc["table"]
+    from rich.table import Table
+
+    table = Table(*rows[0])
+    for row in rows[1:]:
+        table.add_row(*row)
+    out.print(table)
+    for name, value in doc["targets"].items():
+        out.print(f"{name}: {value:.3f}" if isinstance(value, float) else f"{name}: {value}")
+    out.print(f"-> {out_dir / 'bench.json'}, {out_dir / 'bench.png'}")
+
+
 def main() -> None:
     try:
         app()

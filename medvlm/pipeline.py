@@ -6,6 +6,8 @@ import csv
 import io
 import json
 import time
+from collections import deque
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Iterable, Iterator
@@ -45,6 +47,7 @@ class UsageProblem(ValueError):
 class BatchResult:
     out: Path
     rows: list[dict] = field(default_factory=list)
+    stats: dict = field(default_factory=dict)  # scheduling figures: stage seconds, waits, tokens (for bench)
 
     def count(self, status: str) -> int:
         return sum(1 for r in self.rows if r["status"] == status)
@@ -63,6 +66,7 @@ class StudyWork:
     prompt: Prompt
     timings: Timings
     started_at: str
+    written: dict[str, str] = field(default_factory=dict)  # file name -> sha256, for the audit ledger
 
 
 class Resources:
@@ -179,11 +183,11 @@ def finish(
         include_phi=config.include_phi,
     )
     for name, png in thumbs.items():
-        atomic_write_bytes(study_dir / name, png)
-    write_report_json(study_dir, doc)
+        work.written[name] = atomic_write_bytes(study_dir / name, png)
+    work.written["report.json"] = write_report_json(study_dir, doc)
     timings.add("report", time.perf_counter() - t0)
     t0 = time.perf_counter()
-    write_rendered(study_dir, doc, thumbs, pdf=config.write_pdf)
+    work.written.update(write_rendered(study_dir, doc, thumbs, pdf=config.write_pdf))
     timings.add("render", time.perf_counter() - t0)
     present = sorted({f.code for f in found if f.status == "present"})
     return {
@@ -221,6 +225,73 @@ def write_run_record(out: Path, config: RunConfig, result: BatchResult, backend:
     atomic_write_text(out / "run.json", json.dumps(doc, indent=2) + "\n")
 
 
+def _stage(chunk: list[StudyRef], config: RunConfig, resources: Resources, holder: dict):
+    """Prefetch worker: decode + prompt every study of a batch, load the model on first need, run the processor.
+
+    Returns (errors, ready, prepared) where prepared is the backend's preprocessed batch, None when the
+    backend has no preprocess step, or the exception the processor raised (recorded per study later).
+    """
+    errors: list[tuple[StudyRef, StudyError]] = []
+    ready: list[StudyWork] = []
+    for ref in chunk:
+        prepared = prepare(ref, config, resources)
+        if isinstance(prepared, StudyError):
+            errors.append((ref, prepared))
+        else:
+            ready.append(prepared)
+    if not ready:
+        return errors, ready, None
+    if holder["backend"] is None:
+        t0 = time.perf_counter()
+        holder["backend"] = load_backend(
+            config.model, device=config.device, dtype=config.dtype, quant=config.quant,
+            batch_size=config.batch_size, max_new_tokens=config.max_new_tokens, images_per_study=config.max_images,
+        )
+        holder["load_s"] = time.perf_counter() - t0  # read by the main thread, which is waiting for this batch
+    backend = holder["backend"]
+    if not hasattr(backend, "preprocess") or not hasattr(backend, "generate_prepared"):
+        return errors, ready, None
+    t0 = time.perf_counter()
+    try:
+        batch = backend.preprocess([(w.study, w.prompt) for w in ready])
+    except Exception as exc:  # noqa: BLE001 - becomes a model error row for each study of the batch
+        return errors, ready, exc
+    share = (time.perf_counter() - t0) / len(ready)
+    for w in ready:
+        w.timings.add("preprocess", share)
+    return errors, ready, batch
+
+
+def _note_model_time(stats: dict, ready: list[StudyWork], prepared, outputs: list[ModelOutput], seconds: float) -> None:
+    """Split one generate call's time over its studies (prefill / decode tokens when the backend measured them)."""
+    n = len(ready)
+    prefill = getattr(prepared, "prefill_s", None)
+    decode = getattr(prepared, "decode_s", None)
+    for w in ready:
+        w.timings.add("model", seconds / n)
+        if prefill is not None and decode is not None:
+            w.timings.add("prefill", prefill / n)
+            w.timings.add("decode_tokens", decode / n)
+    for key, value in (
+        ("model_s", seconds),
+        ("prefill_s", prefill if prefill is not None else 0.0),
+        ("decode_tokens_s", decode if decode is not None else seconds),
+        ("preprocess_s", getattr(prepared, "preprocess_s", 0.0)),
+        ("new_tokens", sum(o.new_tokens for o in outputs)),
+        ("generated_tokens", getattr(prepared, "generated_tokens", 0) or sum(o.new_tokens for o in outputs)),
+        ("batches", 1),
+    ):
+        stats[key] = stats.get(key, 0) + value
+
+
+def _finish_safely(work: StudyWork, output: ModelOutput, backend: Backend, config: RunConfig, resources: Resources) -> dict:
+    """finish() for the render worker: a report failure becomes that study's error row."""
+    try:
+        return finish(work, output, backend, config, resources)
+    except Exception as exc:  # noqa: BLE001 - one study's report failure must not stop the batch
+        return _error_row(StudyError(work.study.ref, "report", _one_line(exc)))
+
+
 def _chunks(items: list, size: int) -> Iterator[list]:
     for i in range(0, len(items), size):
         yield items[i : i + size]
@@ -254,6 +325,7 @@ def _run(config, resources, key, audit, result, on_progress, on_total, backend) 
     out = Path(config.out)
     refs: list[StudyRef] = []
     early: list[dict] = []
+    t_discover = time.perf_counter()
     for item in ingest.discover(Path(config.studies), key, config.modality):
         if isinstance(item, StudyError):
             early.append(_error_row(item))
@@ -264,58 +336,91 @@ def _run(config, resources, key, audit, result, on_progress, on_total, backend) 
             early.append(previous)  # resumed: done before with the same inputs and configuration
         else:
             refs.append(item)
+    discover_s = time.perf_counter() - t_discover
     total = len(refs) + len(early)
     if on_total:
         on_total(total)
     done = 0
 
-    def record(row: dict, ref: StudyRef | None = None) -> None:
+    def record(row: dict, ref: StudyRef | None = None, written: dict[str, str] | None = None) -> None:
         nonlocal done
         result.rows.append(row)
         done += 1
         if ref is not None:
-            audit.record(row, ref)
+            audit.record(row, ref, written)
         if on_progress:
             on_progress(done, total, row)
 
     for row in early:
         record(row)
 
-    for chunk in _chunks(refs, max(1, config.batch_size)):
-        ready: list[StudyWork] = []
-        for ref in chunk:
-            prepared = prepare(ref, config, resources)
-            if isinstance(prepared, StudyError):
-                record(_error_row(prepared), ref)
-            else:
-                ready.append(prepared)
-        if not ready:
-            write_summary(out, result.rows)
-            continue
-        if backend is None:
-            backend = load_backend(config.model, device=config.device, dtype=config.dtype, quant=config.quant)
-        t0 = time.perf_counter()
-        try:
-            outputs = backend.generate(
-                [(w.study, w.prompt) for w in ready],
-                max_new_tokens=config.max_new_tokens,
-                ignore_eos=config.ignore_eos,
-            )
-        except Exception as exc:  # noqa: BLE001 - a model failure is recorded per study
-            reason = _one_line(exc)
-            for w in ready:
-                record(_error_row(StudyError(w.study.ref, "model", reason)), w.study.ref)
-            write_summary(out, result.rows)
-            continue
-        per_study = (time.perf_counter() - t0) / len(ready)
-        for w, output in zip(ready, outputs):
-            w.timings.add("model", per_study)
+    # Two helper threads keep the model busy: one decodes and preprocesses batch i+1 while batch i
+    # generates, one writes reports (the PDF is slow) behind it. Rows are recorded on this thread, in
+    # the order studies finish; everything is drained before returning.
+    holder = {"backend": backend}
+    stats = result.stats
+    stats["discover_s"] = discover_s
+    chunks = _chunks(refs, max(1, config.batch_size))
+    with ThreadPoolExecutor(1, thread_name_prefix="medvlm-prefetch") as prefetch, ThreadPoolExecutor(
+        1, thread_name_prefix="medvlm-render"
+    ) as render:
+        pending: deque = deque()  # (StudyWork, Future[row]) in submission (= completion) order
+
+        def drain(block: bool) -> None:
+            while pending and (block or pending[0][1].done()):
+                w, fut = pending.popleft()
+                t_wait = time.perf_counter()
+                row = fut.result()  # _finish_safely never raises
+                stats["render_wait_s"] = stats.get("render_wait_s", 0.0) + time.perf_counter() - t_wait
+                for stage in ("decode", "prompt", "extract", "grade", "report", "render"):
+                    stats[f"{stage}_s"] = stats.get(f"{stage}_s", 0.0) + w.timings.stages.get(stage, 0.0)
+                record(row, w.study.ref, w.written if row["status"] == "ok" else None)
+
+        next_chunk = next(chunks, None)
+        future = prefetch.submit(_stage, next_chunk, config, resources, holder) if next_chunk else None
+        while future is not None:
+            t_wait = time.perf_counter()
+            errors, ready, prepared = future.result()  # ModelUnavailable from a lazy load propagates
+            stats["prefetch_wait_s"] = stats.get("prefetch_wait_s", 0.0) + time.perf_counter() - t_wait
+            stats["load_s"] = holder.get("load_s", 0.0)
+            next_chunk = next(chunks, None)
+            future = prefetch.submit(_stage, next_chunk, config, resources, holder) if next_chunk else None
+            for ref, err in errors:
+                record(_error_row(err), ref)
+            backend = holder["backend"]
+            if not ready:
+                drain(False)
+                write_summary(out, result.rows)
+                continue
+            t0 = time.perf_counter()
             try:
-                row = finish(w, output, backend, config, resources)
-            except Exception as exc:  # noqa: BLE001 - one study's report failure must not stop the batch
-                row = _error_row(StudyError(w.study.ref, "report", _one_line(exc)))
-            record(row, w.study.ref)
-        write_summary(out, result.rows)
+                if isinstance(prepared, BaseException):
+                    raise prepared
+                if prepared is not None:
+                    outputs = backend.generate_prepared(
+                        prepared, max_new_tokens=config.max_new_tokens, ignore_eos=config.ignore_eos
+                    )
+                else:
+                    outputs = backend.generate(
+                        [(w.study, w.prompt) for w in ready],
+                        max_new_tokens=config.max_new_tokens,
+                        ignore_eos=config.ignore_eos,
+                    )
+            except Exception as exc:  # noqa: BLE001 - a model failure is recorded per study
+                drain(True)
+                reason = _one_line(exc)
+                for w in ready:
+                    record(_error_row(StudyError(w.study.ref, "model", reason)), w.study.ref)
+                write_summary(out, result.rows)
+                continue
+            _note_model_time(stats, ready, prepared, outputs, time.perf_counter() - t0)
+            for w, output in zip(ready, outputs):
+                pending.append((w, render.submit(_finish_safely, w, output, backend, config, resources)))
+            del ready, prepared, outputs  # images and pixel tensors live only as long as their reports
+            drain(False)
+            write_summary(out, result.rows)
+        drain(True)
+    backend = holder["backend"]
     write_summary(out, result.rows)
     write_index(out, result.rows)
     return backend

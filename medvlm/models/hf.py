@@ -5,8 +5,11 @@ from __future__ import annotations
 import json
 import time
 import warnings
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
+from ..audit.weights import weights_digest
 from ..records import ModelOutput, Prompt, Study
 from .base import ModelInfo, ModelUnavailable
 from .registry import resolve
@@ -25,13 +28,13 @@ def _pick_device(device: str) -> str:
     return device
 
 
-def _pick_dtype(dtype: str, device: str):
+def _pick_dtype(dtype: str, device: str, mode: str = "none"):
     import torch
 
     if dtype == "auto":
         if device.startswith("cuda"):
             return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
-        return torch.float32
+        return torch.float32  # CPU: fp32 compute (dynamic int8 dequantises into fp32)
     return getattr(torch, dtype)
 
 
@@ -51,37 +54,73 @@ def _bnb_available() -> bool:
     return True
 
 
-def _quantize_cpu_int8(model) -> str:
-    """Dynamic int8 on the language model's Linear layers (weights int8, activations quantised per batch)."""
-    import torch
-    from torch.ao.quantization import quantize_dynamic
+def _bnb_config(mode: str, compute_dtype):
+    from transformers import BitsAndBytesConfig
 
-    # The vision tower runs once per image and is sensitive to quantisation; the language model
-    # dominates decode time, so only its Linear layers are converted (lm_head included).
-    targets = []
-    lm = getattr(model, "model", model)
-    language = getattr(lm, "language_model", None)
-    if language is not None:
-        targets.append((lm, "language_model"))
-    if getattr(model, "lm_head", None) is not None:
-        targets.append((model, "lm_head"))
-    if not targets:
-        targets.append((None, None))
+    if mode == "int8":
+        return BitsAndBytesConfig(load_in_8bit=True)
+    return BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_compute_dtype=compute_dtype)
+
+
+def _language_model(model):
+    inner = getattr(model, "model", model)
+    return getattr(inner, "language_model", None)
+
+
+def _vision_dtype(model):
+    import torch
+
+    tower = getattr(getattr(model, "model", model), "vision_tower", None)
+    for p in (tower or model).parameters():
+        if p.is_floating_point():
+            return p.dtype
+    return torch.float32
+
+
+def _quantize_cpu_int8(model) -> str:
+    """Dynamic int8 (per-channel weights) on the language model's Linear layers, one decoder layer at a time."""
+    import torch
+    from torch.ao.quantization import per_channel_dynamic_qconfig, quantize_dynamic
+
+    qconfig = {torch.nn.Linear: per_channel_dynamic_qconfig}
+    language = _language_model(model)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        if targets == [(None, None)]:
-            quantize_dynamic(model, {torch.nn.Linear}, dtype=torch.qint8, inplace=True)
-            return "int8 dynamic (torch.ao) on all Linear layers"
-        for parent, attr in targets:
-            module = getattr(parent, attr)
-            setattr(parent, attr, quantize_dynamic(module, {torch.nn.Linear}, dtype=torch.qint8, inplace=True))
-    return "int8 dynamic (torch.ao) on language-model Linear layers"
+        if language is None:
+            model.float()
+            quantize_dynamic(model, qconfig, dtype=torch.qint8, inplace=True)
+            return "int8 dynamic per-channel (torch.ao) on all Linear layers"
+        layers = getattr(language, "layers", None) or [language]
+        for layer in layers:
+            layer.float()  # this layer only: bf16 -> fp32 -> int8, then its fp32 weights are freed
+            quantize_dynamic(layer, qconfig, dtype=torch.qint8, inplace=True)
+        # The vision tower runs once per image and is sensitive to quantisation; the rest (norms,
+        # embeddings, vision) go back to fp32 for the fp32 activations dynamic int8 expects.
+        model.float()
+        head = getattr(model, "lm_head", None)
+        if isinstance(head, torch.nn.Linear):
+            holder = torch.nn.Module()
+            holder.lm_head = head
+            quantize_dynamic(holder, qconfig, dtype=torch.qint8, inplace=True)
+            model.lm_head = holder.lm_head
+    return "int8 dynamic per-channel (torch.ao) on language-model Linear layers incl. lm_head; loaded bf16, converted layer by layer"
 
 
 class HFBackend:
     """A transformers VLM loaded once and used for every batch."""
 
-    def __init__(self, name_or_path: str, *, device: str = "auto", dtype: str = "auto", quant: str = "auto"):
+    def __init__(
+        self,
+        name_or_path: str,
+        *,
+        device: str = "auto",
+        dtype: str = "auto",
+        quant: str = "auto",
+        batch_size: int = 1,
+        max_new_tokens: int = 256,
+        images_per_study: int = 2,
+        check_memory: bool = True,
+    ):
         if quant not in QUANT_MODES:
             raise ModelUnavailable(f"unknown --quant {quant!r}; expected one of {', '.join(QUANT_MODES)}")
         if dtype not in DTYPES:
@@ -99,28 +138,36 @@ class HFBackend:
         hf_logging.set_verbosity_error()
         hf_logging.disable_progress_bar()
         dev = _pick_device(device)
-        torch_dtype = _pick_dtype(dtype, dev)
         mode = _pick_quant(quant, dev)
+        torch_dtype = _pick_dtype(dtype, dev, mode)
+        if check_memory:
+            from .memory import check_model_fits
+
+            check_model_fits(
+                Path(local_dir), model=resolved.name, dtype=str(torch_dtype).replace("torch.", ""), quant=mode,
+                device=dev, batch_size=batch_size, max_new_tokens=max_new_tokens, images_per_study=images_per_study,
+            )
         kwargs: dict = {"dtype": torch_dtype}
         quant_desc = "none"
+        cpu_int8 = mode == "int8" and not dev.startswith("cuda")
         if dev.startswith("cuda") and mode in ("int8", "int4"):
             if not _bnb_available():
                 raise ModelUnavailable(
                     f"--quant {mode} on CUDA needs bitsandbytes: pip install 'medvlm[cuda]' (or use --quant none)."
                 )
-            from transformers import BitsAndBytesConfig
-
-            if mode == "int8":
-                kwargs["quantization_config"] = BitsAndBytesConfig(load_in_8bit=True)
-                quant_desc = "int8 (bitsandbytes LLM.int8)"
-            else:
-                kwargs["quantization_config"] = BitsAndBytesConfig(
-                    load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_compute_dtype=torch_dtype
-                )
-                quant_desc = "nf4 (bitsandbytes 4-bit)"
+            kwargs["quantization_config"] = _bnb_config(mode, torch_dtype)
+            quant_desc = "int8 (bitsandbytes LLM.int8)" if mode == "int8" else "nf4 (bitsandbytes 4-bit)"
             kwargs["device_map"] = dev
         elif mode == "int4" and not dev.startswith("cuda"):
-            raise ModelUnavailable("--quant int4 is only supported on CUDA (bitsandbytes nf4); use --quant int8 on CPU.")
+            raise ModelUnavailable(
+                "--quant int4 needs a CUDA GPU with bitsandbytes (nf4); on CPU use --quant int8 or --quant none."
+            )
+        elif cpu_int8:
+            if torch_dtype != torch.float32:
+                raise ModelUnavailable("--quant int8 on CPU needs --dtype float32 or auto (dynamic int8 computes in fp32).")
+            # Load at half width and convert one decoder layer at a time, so fp32 and int8 copies
+            # of the whole language model never coexist (peak = bf16 model + one fp32 layer).
+            kwargs["dtype"] = torch.bfloat16
         try:
             self.processor = AutoProcessor.from_pretrained(local_dir)
             model = AutoModelForImageTextToText.from_pretrained(local_dir, **kwargs)
@@ -130,11 +177,10 @@ class HFBackend:
         model.eval()
         if "device_map" not in kwargs:
             model.to(dev)
-        if mode == "int8" and not dev.startswith("cuda"):
-            if torch_dtype != torch.float32:
-                raise ModelUnavailable("--quant int8 on CPU needs --dtype float32 (dynamic int8 computes in fp32).")
+        if cpu_int8:
             quant_desc = _quantize_cpu_int8(model)
         self.model = model
+        self._pixel_dtype = _vision_dtype(model)
         tokenizer = getattr(self.processor, "tokenizer", self.processor)
         if getattr(tokenizer, "pad_token", None) is None:
             tokenizer.pad_token = tokenizer.eos_token
@@ -152,8 +198,14 @@ class HFBackend:
             dtype=str(torch_dtype).replace("torch.", ""),
             quantization=quant_desc,
             device=dev,
+            weights_digest=weights_digest(local_dir),
             parameters=sum(p.numel() for p in model.parameters()),
-            details={"architecture": type(model).__name__},
+            details={
+                "architecture": type(model).__name__,
+                "quant_mode": mode,
+                "threads": torch.get_num_threads(),
+                "attention": getattr(model.config, "_attn_implementation", None),
+            },
         )
 
     def _eos_ids(self) -> set[int]:
@@ -176,12 +228,8 @@ class HFBackend:
             {"role": "user", "content": content},
         ]
 
-    def generate(
-        self, batch: list[tuple[Study, Prompt]], *, max_new_tokens: int, ignore_eos: bool = False
-    ) -> list[ModelOutput]:
-        """One processor call and one generate() call for the whole batch."""
-        import torch
-
+    def preprocess(self, batch: list[tuple[Study, Prompt]]) -> "PreparedBatch":
+        """Chat template + one processor call for the whole batch (safe to run in a background thread)."""
         started = time.perf_counter()
         texts = [
             self.processor.apply_chat_template(self._messages(s, p), add_generation_prompt=True, tokenize=False)
@@ -191,15 +239,31 @@ class HFBackend:
         inputs = self.processor(text=texts, images=images, return_tensors="pt", padding=True)
         inputs = inputs.to(self.model.device)
         if "pixel_values" in inputs and inputs["pixel_values"].is_floating_point():
-            inputs["pixel_values"] = inputs["pixel_values"].to(self.model.dtype)
+            inputs["pixel_values"] = inputs["pixel_values"].to(self._pixel_dtype)
+        return PreparedBatch(inputs=inputs, size=len(batch), preprocess_s=time.perf_counter() - started)
+
+    def generate_prepared(
+        self, prepared: "PreparedBatch", *, max_new_tokens: int, ignore_eos: bool = False
+    ) -> list[ModelOutput]:
+        """One generate() call on a preprocessed batch; fills prepared.prefill_s and prepared.decode_s."""
+        import torch
+        from transformers import LogitsProcessorList
+
+        inputs = prepared.inputs
+        first_token = _FirstTokenClock()
         gen_kwargs: dict = {"max_new_tokens": max_new_tokens, "do_sample": False}
         if ignore_eos:
             gen_kwargs["min_new_tokens"] = max_new_tokens
+        started = time.perf_counter()
         with torch.inference_mode():
-            out = self.model.generate(**inputs, **gen_kwargs)
+            out = self.model.generate(**inputs, **gen_kwargs, logits_processor=LogitsProcessorList([first_token]))
+        ended_at = time.perf_counter()
+        first = first_token.at or ended_at
+        prepared.prefill_s = first - started
+        prepared.decode_s = ended_at - first
         prompt_len = inputs["input_ids"].shape[1]
         attention = inputs["attention_mask"]
-        seconds = (time.perf_counter() - started) / max(len(batch), 1)
+        seconds = (prepared.preprocess_s + ended_at - started) / max(prepared.size, 1)
         results = []
         pad_id = self.tokenizer.pad_token_id
         for row, new in enumerate(out[:, prompt_len:].tolist()):
@@ -229,9 +293,55 @@ class HFBackend:
                     seconds=seconds,
                 )
             )
+        prepared.new_tokens = sum(r.new_tokens for r in results)
+        prepared.generated_tokens = (out.shape[1] - prompt_len) * prepared.size
         return results
 
+    def generate(
+        self, batch: list[tuple[Study, Prompt]], *, max_new_tokens: int, ignore_eos: bool = False
+    ) -> list[ModelOutput]:
+        """One processor call and one generate() call for the whole batch."""
+        return self.generate_prepared(self.preprocess(batch), max_new_tokens=max_new_tokens, ignore_eos=ignore_eos)
 
-def load_backend(name_or_path: str, *, device: str = "auto", dtype: str = "auto", quant: str = "auto") -> HFBackend:
-    """Resolve and load a model once; raises ModelUnavailable with a one-line reason."""
-    return HFBackend(name_or_path, device=device, dtype=dtype, quant=quant)
+
+@dataclass
+class PreparedBatch:
+    """Processor output for one batch plus where its time went."""
+
+    inputs: Any
+    size: int
+    preprocess_s: float = 0.0
+    prefill_s: float = 0.0
+    decode_s: float = 0.0
+    new_tokens: int = 0  # kept tokens (after EOS) summed over the batch
+    generated_tokens: int = 0  # tokens the model produced, padding rows included
+
+
+class _FirstTokenClock:
+    """A logits processor that only notes when the first token's logits exist (prefill finished)."""
+
+    def __init__(self):
+        self.at: float | None = None
+
+    def __call__(self, input_ids, scores):
+        if self.at is None:
+            self.at = time.perf_counter()
+        return scores
+
+
+def load_backend(
+    name_or_path: str,
+    *,
+    device: str = "auto",
+    dtype: str = "auto",
+    quant: str = "auto",
+    batch_size: int = 1,
+    max_new_tokens: int = 256,
+    images_per_study: int = 2,
+    check_memory: bool = True,
+) -> HFBackend:
+    """Resolve, size-check and load a model once; raises ModelUnavailable with a one-line reason."""
+    return HFBackend(
+        name_or_path, device=device, dtype=dtype, quant=quant, batch_size=batch_size,
+        max_new_tokens=max_new_tokens, images_per_study=images_per_study, check_memory=check_memory,
+    )

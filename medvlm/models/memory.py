@@ -1,0 +1,249 @@
+"""Will the model fit? Estimate weights + activations from the files on disk, before loading anything."""
+
+from __future__ import annotations
+
+import json
+import os
+import struct
+from dataclasses import dataclass
+from pathlib import Path
+
+from .base import ModelUnavailable
+
+GB = 1024**3
+DTYPE_BYTES = {"F64": 8, "F32": 4, "F16": 2, "BF16": 2, "I64": 8, "I32": 4, "I16": 2, "I8": 1, "U8": 1, "BOOL": 1}
+TORCH_DTYPE_BYTES = {"float32": 4, "bfloat16": 2, "float16": 2}
+# torch + transformers + tokenizers + Python itself, measured ~0.45 GB RSS on CPU before any weights.
+RUNTIME_OVERHEAD = int(0.5 * GB)
+TEXT_TOKENS_ALLOWANCE = 512  # system + user prompt text, generous
+MEMORY_LIMIT_ENV = "MEDVLM_MEMORY_LIMIT_BYTES"
+
+
+@dataclass(frozen=True)
+class ParamCounts:
+    """Parameter counts by role, read from safetensors headers (no tensor data is read)."""
+
+    total: int
+    quantizable: int  # 2-D Linear weights of the language model (what int8/int4 convert)
+    tied_lm_head: int  # vocab x hidden when lm_head shares the embedding (a quantized lm_head is a new copy)
+    checkpoint_bytes: int  # as stored on disk
+
+
+@dataclass(frozen=True)
+class ModelShape:
+    """What activations scale with, from config.json."""
+
+    layers: int
+    kv_heads: int
+    head_dim: int
+    hidden: int
+    intermediate: int
+    vocab: int
+    image_tokens: int  # language-model tokens per image
+    patches: int  # vision-tower tokens per image
+    vision_hidden: int
+    vision_intermediate: int
+
+
+@dataclass(frozen=True)
+class MemoryEstimate:
+    weights: int  # resident while generating
+    load_peak: int  # while loading/quantising
+    activations: int  # KV cache + the largest transient tensors of one batch
+    overhead: int
+
+    @property
+    def peak(self) -> int:
+        return max(self.load_peak, self.weights + self.activations) + self.overhead
+
+
+def read_safetensors_header(path: Path) -> dict:
+    """The JSON header of one .safetensors file: name -> {dtype, shape, data_offsets}."""
+    with open(path, "rb") as f:
+        (size,) = struct.unpack("<Q", f.read(8))
+        header = json.loads(f.read(size))
+    header.pop("__metadata__", None)
+    return header
+
+
+def _numel(shape) -> int:
+    n = 1
+    for s in shape:
+        n *= int(s)
+    return n
+
+
+def _text_config(config: dict) -> dict:
+    return config.get("text_config") or config
+
+
+def param_counts(model_dir: Path) -> ParamCounts:
+    """Count parameters from safetensors headers; raises ModelUnavailable if there are none."""
+    model_dir = Path(model_dir)
+    files = sorted(model_dir.glob("*.safetensors"))
+    if not files:
+        raise ModelUnavailable(f"{model_dir} has no .safetensors weights; medvlm can only size and load safetensors.")
+    total = quantizable = stored = 0
+    names: set[str] = set()
+    embed = 0
+    for path in files:
+        for name, meta in read_safetensors_header(path).items():
+            n = _numel(meta["shape"])
+            names.add(name)
+            total += n
+            stored += n * DTYPE_BYTES.get(meta["dtype"], 4)
+            is_linear = len(meta["shape"]) == 2 and name.endswith(".weight")
+            if "embed_tokens" in name and "language_model" in name or name.endswith("embed_tokens.weight"):
+                embed = max(embed, n)
+            elif is_linear and ("language_model" in name or name.startswith("model.layers")):
+                quantizable += n
+    config = _read_config(model_dir)
+    tied = config.get("tie_word_embeddings", _text_config(config).get("tie_word_embeddings", True))
+    has_head = any(n.endswith("lm_head.weight") for n in names)
+    if has_head:
+        quantizable += embed  # the separate lm_head is quantized like any Linear
+    return ParamCounts(total, quantizable, embed if (tied and not has_head) else 0, stored)
+
+
+def _read_config(model_dir: Path) -> dict:
+    try:
+        return json.loads((Path(model_dir) / "config.json").read_text())
+    except (OSError, ValueError):
+        return {}
+
+
+def model_shape(model_dir: Path) -> ModelShape:
+    """Sizes that activations depend on; missing keys fall back to conservative guesses."""
+    config = _read_config(model_dir)
+    text = _text_config(config)
+    vision = config.get("vision_config") or {}
+    heads = int(text.get("num_attention_heads", 16))
+    hidden = int(text.get("hidden_size", 2048))
+    image = int(vision.get("image_size", 896))
+    patch = int(vision.get("patch_size", 14))
+    return ModelShape(
+        layers=int(text.get("num_hidden_layers", 32)),
+        kv_heads=int(text.get("num_key_value_heads", heads)),
+        head_dim=int(text.get("head_dim", hidden // max(heads, 1))),
+        hidden=hidden,
+        intermediate=int(text.get("intermediate_size", 4 * hidden)),
+        vocab=int(text.get("vocab_size", 32000)),
+        image_tokens=int(config.get("mm_tokens_per_image", 256)),
+        patches=(image // max(patch, 1)) ** 2,
+        vision_hidden=int(vision.get("hidden_size", 1152)),
+        vision_intermediate=int(vision.get("intermediate_size", 4304)),
+    )
+
+
+def estimate(
+    counts: ParamCounts,
+    shape: ModelShape,
+    *,
+    dtype: str,
+    quant: str,
+    device: str,
+    batch_size: int,
+    max_new_tokens: int,
+    images_per_study: int,
+) -> MemoryEstimate:
+    """Bytes needed to load and run the model with these settings (quant is the resolved mode)."""
+    width = TORCH_DTYPE_BYTES.get(dtype, 4)
+    rest = counts.total - counts.quantizable
+    cuda = device.startswith("cuda")
+    if quant == "int8" and not cuda:
+        # Dynamic int8 keeps everything else in fp32; a tied lm_head becomes its own int8 copy.
+        weights = counts.quantizable + counts.tied_lm_head + rest * 4
+        # Loaded in bfloat16 and converted layer by layer, so the peak is the bf16 model plus the
+        # fp32 copy of the parts that stay in floating point.
+        load_peak = counts.total * 2 + rest * 4
+    elif quant == "int8":
+        weights = counts.quantizable + rest * width
+        load_peak = weights
+    elif quant == "int4":
+        weights = counts.quantizable // 2 + counts.quantizable // 32 + rest * width  # nf4 + block scales
+        load_peak = weights
+    else:
+        weights = counts.total * width
+        load_peak = weights
+    act = 4 if (quant == "int8" and not cuda) else width
+    seq = images_per_study * shape.image_tokens + TEXT_TOKENS_ALLOWANCE + max_new_tokens
+    kv_cache = 2 * shape.layers * shape.kv_heads * shape.head_dim * seq * batch_size * act
+    # Prefill of one batch: hidden states, MLP intermediates (gate, up, product) and last-token logits.
+    prefill = batch_size * seq * (4 * shape.hidden + 3 * shape.intermediate) * act + batch_size * shape.vocab * 4
+    vision = batch_size * images_per_study * shape.patches * (4 * shape.vision_hidden + 2 * shape.vision_intermediate) * act
+    return MemoryEstimate(weights, load_peak, kv_cache + max(prefill, vision), RUNTIME_OVERHEAD)
+
+
+def _is_jetson() -> bool:
+    """Jetson boards share one memory between CPU and GPU."""
+    return Path("/etc/nv_tegra_release").exists() or Path("/sys/module/tegra_fuse").exists()
+
+
+def available_bytes(device: str) -> tuple[int, str]:
+    """Memory the model may use on `device` and a short description of where that number comes from."""
+    override = os.environ.get(MEMORY_LIMIT_ENV)
+    if override:
+        return int(float(override)), f"{MEMORY_LIMIT_ENV}"
+    import psutil
+
+    ram = psutil.virtual_memory().available
+    if device.startswith("cuda"):
+        import torch
+
+        free, _ = torch.cuda.mem_get_info(torch.device(device))
+        if _is_jetson():
+            return min(free, ram), "shared CPU/GPU memory (Jetson)"
+        return free, f"free memory on {device}"
+    return ram, "available RAM"
+
+
+def _gb(n: int) -> str:
+    return f"{n / GB:.1f} GB"
+
+
+def check_fits(
+    est: MemoryEstimate, available: int, *, where: str, model: str, device: str, quant: str, batch_size: int
+) -> None:
+    """Raise ModelUnavailable with one sentence and a suggestion when the estimate exceeds what is available."""
+    if est.peak <= available:
+        return
+    tips = []
+    if quant in ("none",):
+        tips.append("--quant int4" if device.startswith("cuda") else "--quant int8")
+    elif quant == "int8" and device.startswith("cuda"):
+        tips.append("--quant int4")
+    if batch_size > 1:
+        tips.append(f"--batch-size {max(1, batch_size // 2)}")
+    tips.append("a smaller preset (smolvlm-256m)")
+    raise ModelUnavailable(
+        f"model {model!r} needs about {_gb(est.peak)} (weights {_gb(est.weights)}, load peak {_gb(est.load_peak)}, "
+        f"activations {_gb(est.activations)} at batch size {batch_size}) but only {_gb(available)} is available "
+        f"({where}); try {', '.join(tips)}."
+    )
+
+
+def check_model_fits(
+    model_dir: Path,
+    *,
+    model: str,
+    dtype: str,
+    quant: str,
+    device: str,
+    batch_size: int,
+    max_new_tokens: int,
+    images_per_study: int,
+) -> MemoryEstimate:
+    """Estimate from the files on disk and refuse (ModelUnavailable) when it will not fit."""
+    est = estimate(
+        param_counts(model_dir),
+        model_shape(model_dir),
+        dtype=dtype,
+        quant=quant,
+        device=device,
+        batch_size=batch_size,
+        max_new_tokens=max_new_tokens,
+        images_per_study=images_per_study,
+    )
+    available, where = available_bytes(device)
+    check_fits(est, available, where=where, model=model, device=device, quant=quant, batch_size=batch_size)
+    return est
