@@ -22,6 +22,25 @@ def make_png_studies(root: Path, n: int = 6, size: int = 96) -> Path:
     return root
 
 
+def pinned_resources(folder: Path) -> list[str]:
+    """Copies of the chest_xray prompt, vocabulary and rules, so edits to the tree during a test
+    (colleagues tune the vocabulary) cannot change the attempt fingerprint between two runs."""
+    from medvlm.paths import PACKAGE_DIR, prompts_dir
+
+    folder.mkdir(parents=True, exist_ok=True)
+    sources = {
+        "--prompt": prompts_dir() / "chest_xray.yaml",
+        "--vocab": PACKAGE_DIR / "findings" / "vocab" / "chest_xray.yaml",
+        "--rules": PACKAGE_DIR / "risk" / "rules" / "chest_xray.yaml",
+    }
+    args = []
+    for flag, src in sources.items():
+        dst = folder / f"{flag.strip('-')}.yaml"
+        dst.write_bytes(src.read_bytes())
+        args += [flag, str(dst)]
+    return args
+
+
 def batch_args(studies: Path, out: Path, *extra: str) -> list[str]:
     return [
         "batch", str(studies), "--modality", "chest_xray", "--model", "demo", "--out", str(out),
