@@ -456,3 +456,8 @@ def test_old_infarct_and_healed_fracture_are_not_acute_ct_findings():
     assert f["chronic_infarct"].status == "present"
     assert f["fracture"].status == "present"
     assert f["acute_fracture"].status == "absent"
+
+
+@pytest.mark.parametrize("text", ["Masslike opacity at the left apex.", "A mass-like density in the right hilum."])
+def test_masslike_wording_is_a_mass(text):
+    assert status(text, "mass") == "present"
