@@ -48,6 +48,16 @@ def _attempts(run_dir: Path) -> list[dict]:
         return [{"study_key": r["study_key"], "status": r["status"], "_row": r} for r in csv.DictReader(fh)]
 
 
+def _deidentified_reason(row: dict) -> str | None:
+    """The one-line reason without quoted values, UIDs or the study's file names (often identifying)."""
+    from ..ingest.privacy import scrub
+
+    reason = row.get("reason") or ""
+    for name in filter(None, {row.get("source"), Path(row.get("source") or "").name}):
+        reason = reason.replace(name, "<source>")
+    return scrub(reason) or None
+
+
 def _study_row(attempt: dict, doc: dict | None, include_phi: bool) -> dict:
     row = attempt["_row"]
     base = {c: None for c in STUDY_COLUMNS}
@@ -55,7 +65,7 @@ def _study_row(attempt: dict, doc: dict | None, include_phi: bool) -> dict:
         study_key=attempt["study_key"],
         status=attempt.get("status") or row.get("status"),
         stage=row.get("stage") or None,
-        reason=row.get("reason") or None,
+        reason=_deidentified_reason(row) if not include_phi else (row.get("reason") or None),
         modality=row.get("modality") or None,
         risk_level=row.get("risk_level") or None,
         answer_status=row.get("answer_status") or None,
