@@ -36,6 +36,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import math
+import re
 import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -210,6 +211,8 @@ def read_dataset(path: Path, *, header_only: bool, notes: list[str] | None = Non
     except Exception as exc:  # pydicom raises many types on corrupt headers
         raise IngestError(f"corrupt DICOM header ({type(exc).__name__}: {scrub(str(exc), 120)})") from None
     notes.extend(local)
+    if len(ds) == 0:
+        raise IngestError("truncated file: no data elements after the file meta")
     _ensure_transfer_syntax(ds)
     return ds
 
@@ -244,8 +247,12 @@ def transfer_syntax(ds: Dataset) -> str | None:
 
 
 def non_image_reason(ds: Dataset) -> str | None:
-    """Why a header holds no image for the model (SR, KO, PR, SEG, PDF...), or None if it does."""
-    sop = str(ds.get("SOPClassUID", "") or "")
+    """Why a header holds no image for the model (SR, KO, PR, SEG, PDF...), or None if it does.
+
+    An image SOP class whose header lacks Rows/Columns is not "no image" but a broken file:
+    read_dataset/check_header report that as an error.
+    """
+    sop = _sop_class(ds)
     modality = str(ds.get("Modality", "") or "").upper()
     if any(sop.startswith(p) for p in NON_IMAGE_SOP_PREFIXES) or modality in NON_IMAGE_MODALITIES:
         what = UID(sop).name if sop else ""
@@ -253,8 +260,29 @@ def non_image_reason(ds: Dataset) -> str | None:
         if what and what != sop:
             return f"no image: {label} ({what})"
         return f"no image: {label} object"
-    if "Rows" not in ds or "Columns" not in ds or "PhotometricInterpretation" not in ds:
+    if _missing_pixel_description(ds) and not sop.startswith(IMAGE_SOP_ROOT):
         return f"no image: {modality or 'DICOM'} object without pixel description"
+    return None
+
+
+IMAGE_SOP_ROOT = "1.2.840.10008.5.1.4.1.1."
+
+
+def _sop_class(ds: Dataset) -> str:
+    sop = str(ds.get("SOPClassUID", "") or "")
+    if not sop:
+        sop = str(getattr(getattr(ds, "file_meta", None), "MediaStorageSOPClassUID", "") or "")
+    return sop
+
+
+def _missing_pixel_description(ds: Dataset) -> bool:
+    return "Rows" not in ds or "Columns" not in ds or "PhotometricInterpretation" not in ds
+
+
+def header_problem(ds: Dataset) -> str | None:
+    """A one-line reason when an image header is unusable (truncated), else None."""
+    if _missing_pixel_description(ds) and non_image_reason(ds) is None:
+        return "image header incomplete (no Rows/Columns/PhotometricInterpretation): truncated file?"
     return None
 
 
@@ -291,7 +319,7 @@ def check_decodable(ds: Dataset) -> None:
 def decode_frame(ds: Dataset, index: int) -> np.ndarray:
     """One frame's stored values (RGB for colour files); raise IngestError with a reason."""
     if "PixelData" not in ds and "FloatPixelData" not in ds and "DoubleFloatPixelData" not in ds:
-        raise IngestError("no pixel data element in file")
+        raise IngestError("no pixel data element in file (truncated?)")
     n = frame_count(ds)
     try:
         if n > 1:
@@ -304,7 +332,10 @@ def decode_frame(ds: Dataset, index: int) -> np.ndarray:
     except Exception as exc:
         msg = scrub(str(exc), 200)
         if "less than expected" in msg or "shorter" in msg or "truncat" in msg.lower():
-            raise IngestError(f"pixel data shorter than declared (truncated file?): {msg}") from None
+            sizes = re.search(r"\((\d+) vs (\d+) bytes\)", msg)
+            detail = f" ({sizes.group(1)} of {sizes.group(2)} bytes)" if sizes else ""
+            raise IngestError(f"pixel data shorter than declared{detail}: truncated file?") from None
+        msg = msg.replace("Unable to decode as exceptions were raised by all available plugins: ", "")
         uid = ds.file_meta.TransferSyntaxUID
         raise IngestError(f"pixel decoding failed for {UID(uid).name}: {type(exc).__name__}: {msg}") from None
 
@@ -598,7 +629,7 @@ def render_file(path: Path, *, max_tiles: int = MAX_TILES) -> tuple[Rendered, Da
     """Decode one DICOM file on its own (all its frames as candidates); raise IngestError."""
     notes: list[str] = []
     ds = read_dataset(path, header_only=False, notes=notes)
-    why = non_image_reason(ds)
+    why = non_image_reason(ds) or header_problem(ds)
     if why:
         raise IngestError(why)
     check_decodable(ds)

@@ -21,6 +21,7 @@ Rules (deterministic, sorted by name at every level):
 
 from __future__ import annotations
 
+import errno
 import os
 from collections import defaultdict
 from dataclasses import dataclass
@@ -28,7 +29,7 @@ from pathlib import Path
 from typing import Iterator
 
 from ..records import StudyError, StudyRef
-from .dicom import IngestError, non_image_reason, read_dataset
+from .dicom import IngestError, header_problem, non_image_reason, read_dataset
 from .privacy import path_key, study_key
 from .raster import RASTER_SUFFIXES, is_raster
 
@@ -83,7 +84,7 @@ def _walk(folder: Path, root: Path, secret: bytes, ancestors: frozenset[str], se
             is_dir = entry.is_dir(follow_symlinks=True)
             is_file = entry.is_file(follow_symlinks=True)
         except OSError as exc:
-            yield _file_error(path, root, secret, f"cannot stat: {exc.strerror or type(exc).__name__}")
+            yield _file_error(path, root, secret, _stat_reason(exc))
             continue
         if is_dir:
             try:
@@ -106,11 +107,19 @@ def _walk(folder: Path, root: Path, secret: bytes, ancestors: frozenset[str], se
             try:
                 os.stat(path)
             except OSError as exc:
-                if exc.errno == 40:  # ELOOP
+                if exc.errno == errno.ELOOP:
                     reason = "symlink loop"
             yield _file_error(path, root, secret, reason)
         else:
             yield _file_error(path, root, secret, "not a regular file (device, socket or pipe); ignored", "skipped")
+
+
+def _stat_reason(exc: OSError) -> str:
+    if exc.errno == errno.ELOOP:
+        return "symlink loop"
+    if exc.errno == errno.EACCES:
+        return "cannot read: permission denied"
+    return f"cannot stat: {exc.strerror or type(exc).__name__}"
 
 
 def _is_ignored(path: Path) -> bool:
@@ -144,6 +153,10 @@ def _scan_unit(files: list[Path], root: Path, secret: bytes, uid_count: dict[str
                 out.append(_file_error(path, root, secret, f"not DICOM or a supported image ({path.suffix.lower()}); ignored", "skipped"))
             else:
                 out.append(_file_error(path, root, secret, reason))
+            continue
+        broken = header_problem(ds)
+        if broken:
+            out.append(_file_error(path, root, secret, broken))
             continue
         uid = str(ds.get("StudyInstanceUID", "") or "").strip() or None
         headers.append(_Header(path, relpath(path, root), uid, non_image_reason(ds), bool(notes)))
@@ -247,14 +260,14 @@ def _walk_top(root: Path, secret: bytes) -> Iterator[Path | StudyError]:
                 yield path
                 continue
         except OSError as exc:
-            yield _file_error(path, root, secret, f"cannot stat: {exc.strerror or type(exc).__name__}")
+            yield _file_error(path, root, secret, _stat_reason(exc))
             continue
         if entry.is_symlink():
             reason = "broken symlink"
             try:
                 os.stat(path)
             except OSError as exc:
-                if exc.errno == 40:
+                if exc.errno == errno.ELOOP:
                     reason = "symlink loop"
             yield _file_error(path, root, secret, reason)
         else:

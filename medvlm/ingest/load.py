@@ -28,6 +28,7 @@ from .dicom import (
     Rendered,
     Slice,
     frame_count,
+    header_problem,
     non_image_reason,
     read_dataset,
     render_slices,
@@ -212,6 +213,10 @@ def _load_dicom(ref, files, rasters, root, modality, max_images, force, include_
         why = non_image_reason(ds)
         if why:
             skipped.append(f"{rel}: {why}")
+            continue
+        broken = header_problem(ds)
+        if broken:
+            failures.append(f"{rel}: {broken}")
             continue
         notes.extend(f"{rel}: {n}" for n in file_notes)
         headers.append((path, ds))
