@@ -8,7 +8,9 @@ VOI by mode:
   xray (CR, DX, MG, RF, XA and every other grayscale modality): the VOI LUT sequence, else the first
       WindowCenter/WindowWidth pair in the header (pydicom's apply_voi_lut / apply_windowing, so
       LINEAR, LINEAR_EXACT and SIGMOID are honoured), else a percentile window 0.5-99.5 over the
-      non-padding pixels. Output is gray replicated into R, G and B.
+      non-padding pixels. A header window more than 3x wider than that percentile range is a
+      placeholder that shows no anatomy (e.g. WC/WW 32768/65536 on 12-bit data), so the
+      percentile window is used instead and the description says so. Output is gray in R, G, B.
   ct: three fixed windows in Hounsfield units chosen by body region, packed into the R, G and B
       channels (the MedGemma convention for CT slices), so one image carries lung, soft tissue and
       bone contrast without shrinking the slices into a window montage:
@@ -567,17 +569,32 @@ def _gray_units(items: list[tuple[np.ndarray, np.ndarray | None, Dataset]], mode
     out = []
     desc = ""
     for values, mask, ds in items:
+        valid = values[~mask] if mask is not None else values.ravel()
+        lo, hi = _percentile_window(valid)
         header = header_voi(ds, values)
-        if header is not None:
+        if header is not None and _full_range_window(ds, lo, hi):
+            unit, desc = _linear(values, lo, hi), f"percentile 0.5-99.5 ({lo:g}..{hi:g}); header window spans the full range"
+        elif header is not None:
             unit, desc = header
         else:
-            valid = values[~mask] if mask is not None else values.ravel()
-            lo, hi = _percentile_window(valid)
             unit, desc = _linear(values, lo, hi), f"percentile 0.5-99.5 ({lo:g}..{hi:g})"
         out.append(_finish(unit, mask, ds))
     if _inverted(first_ds):
         desc += ", inverted (MONOCHROME1)" if str(first_ds.PhotometricInterpretation).upper() == "MONOCHROME1" else ", inverted (Presentation LUT INVERSE)"
     return out, desc
+
+
+def _full_range_window(ds: Dataset, lo: float, hi: float) -> bool:
+    """A header window over 3x wider than the data's own 0.5-99.5 range is a placeholder
+    (e.g. WC/WW 32768/65536 on 12-bit data): it shows every value and no anatomy."""
+    if "VOILUTSequence" in ds or "WindowWidth" not in ds:
+        return False
+    ww = ds["WindowWidth"]
+    try:
+        width = float(ww.value[0] if ww.VM > 1 else ww.value)
+    except (TypeError, ValueError, IndexError):
+        return False
+    return width > 3.0 * max(hi - lo, 1e-6)
 
 
 def _finish(unit: np.ndarray, mask: np.ndarray | None, ds: Dataset) -> np.ndarray:
