@@ -73,7 +73,7 @@ def read_ledger(path: Path) -> LedgerState:
     data = path.read_bytes()
     cut = data.rfind(b"\n") + 1
     state.good_bytes, state.torn = cut, data[cut:]
-    expected_prev = GENESIS
+    expected_prev, expected_seq = GENESIS, 0
     for number, raw in enumerate(data[:cut].split(b"\n")[:-1], start=1):
         try:
             record = json.loads(raw)
@@ -81,7 +81,7 @@ def read_ledger(path: Path) -> LedgerState:
                 raise ValueError("not an object")
         except ValueError:
             state.problems.append(LedgerProblem(number, "invalid_json", "not a JSON record (edited or corrupted)"))
-            expected_prev = None
+            expected_prev = expected_seq = None
             continue
         if record.get("hash") != record_hash(record):
             state.problems.append(
@@ -94,9 +94,12 @@ def read_ledger(path: Path) -> LedgerState:
                     "(a record was removed, inserted or reordered)"
                 )
             )
-        elif record.get("seq") != number - 1:
-            state.problems.append(LedgerProblem(number, "broken_chain", f"broken chain: seq {record.get('seq')} at line {number}"))
+        elif expected_seq is not None and record.get("seq") != expected_seq:
+            state.problems.append(
+                LedgerProblem(number, "broken_chain", f"broken chain: seq {record.get('seq')} where {expected_seq} was expected")
+            )
         expected_prev = record.get("hash")
+        expected_seq = record.get("seq", -1) + 1 if isinstance(record.get("seq"), int) else None
         state.records.append(record)
     if state.torn:
         state.problems.append(
