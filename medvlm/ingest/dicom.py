@@ -589,12 +589,16 @@ def _full_range_window(ds: Dataset, lo: float, hi: float) -> bool:
     (e.g. WC/WW 32768/65536 on 12-bit data): it shows every value and no anatomy."""
     if "VOILUTSequence" in ds or "WindowWidth" not in ds:
         return False
-    ww = ds["WindowWidth"]
+    wc, ww = ds["WindowCenter"], ds["WindowWidth"]
     try:
         width = float(ww.value[0] if ww.VM > 1 else ww.value)
+        center = float(wc.value[0] if wc.VM > 1 else wc.value)
     except (TypeError, ValueError, IndexError):
         return False
-    return width > 3.0 * max(hi - lo, 1e-6)
+    if hi - lo < 8:  # (nearly) uniform data: nothing to learn from its range
+        return False
+    covers = center - width / 2 <= lo and center + width / 2 >= hi
+    return covers and width > 3.0 * (hi - lo)
 
 
 def _finish(unit: np.ndarray, mask: np.ndarray | None, ds: Dataset) -> np.ndarray:

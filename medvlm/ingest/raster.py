@@ -134,7 +134,19 @@ def sidecar_for(image: Path) -> tuple[dict[str, str], str | None, list[str]]:
     candidates = [image.with_suffix(s) for s in SIDECAR_SUFFIXES]
     candidates += [image.with_name(image.name + s) for s in SIDECAR_SUFFIXES]
     candidates += [image.parent / name for name in FOLDER_SIDECARS]
-    for cand in candidates:
+    # any other table in the folder counts only through a row naming this file
+    tables = sorted(p for p in image.parent.iterdir() if p.suffix.lower() in SIDECAR_SUFFIXES and p not in candidates)
+    for cand in candidates + tables:
+        if cand in tables:
+            try:
+                rows = _read_table(cand)
+            except (OSError, ValueError, csv.Error, UnicodeDecodeError):
+                continue
+            row = _pick_row([r for r in rows if "file" in r], image)
+            if row is not None:
+                row.pop("file", None)
+                return row, cand.name, notes
+            continue
         if not cand.is_file():
             continue
         try:
