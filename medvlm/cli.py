@@ -148,9 +148,11 @@ def regrade(
     for path in (rules_file, vocab_file):
         if path is not None and not path.is_file():
             fail(f"file not found: {path}")
+    from .audit.maintenance import RunBusy
+
     try:
         result = regrade_run(run_dir, vocab_file=vocab_file, rules_file=rules_file, pdf=pdf)
-    except ValueError as exc:  # invalid rules or vocabulary: one line naming file and line
+    except (ValueError, RunBusy) as exc:  # invalid rules/vocabulary (file:line), or the run is busy/damaged
         fail(str(exc).splitlines()[0])
     for problem in result.errors:
         err.print(f"[yellow]error[/] {problem}", markup=True, soft_wrap=True)

@@ -9,9 +9,12 @@ from pathlib import Path
 
 from . import findings as findings_mod
 from . import risk
+from .audit.maintenance import RegradeAudit
+from .fileio import sha256_file
 from .pipeline import write_summary
 from .records import to_jsonable
 from .report.build import utc_now
+from .report.index import write_index
 from .report.write import read_thumbnails, write_rendered, write_report_json
 
 
@@ -47,28 +50,42 @@ def regrade_run(
     run_dir = Path(run_dir)
     result = RegradeResult()
     summary = _read_summary(run_dir)
-    for report_path in sorted(run_dir.glob("*/report.json")):
-        study_dir = report_path.parent
-        try:
-            doc = json.loads(report_path.read_text(encoding="utf-8"))
-            new = regrade_report(doc, vocab_file, rules_file)
-            write_report_json(study_dir, new)
-            write_rendered(study_dir, new, read_thumbnails(study_dir, new), pdf=pdf)
-        except (OSError, ValueError, KeyError) as exc:
-            reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-            result.errors.append(f"{study_dir.name}: {reason}")
-            continue
-        result.rewritten += 1
-        if new["risk"]["level"] != doc["risk"]["level"]:
-            result.changed.append(study_dir.name)
-        row = summary.get(study_dir.name)
-        if row is not None:
-            row["risk_level"] = new["risk"]["level"]
-            row["present_findings"] = ";".join(sorted({f["code"] for f in new["findings"] if f["status"] == "present"}))
-        if on_report:
-            on_report(study_dir, doc, new)
-    if summary:
-        write_summary(run_dir, summary.values())
+    with RegradeAudit(run_dir) as audit:
+        for report_path in sorted(run_dir.glob("*/report.json")):
+            study_dir = report_path.parent
+            key = study_dir.name
+            latest = audit.latest.get(key)
+            if latest is not None and latest.get("status") != "ok":
+                continue  # a later attempt failed; this report is stale and verify says so
+            try:
+                doc = json.loads(report_path.read_text(encoding="utf-8"))
+                new = regrade_report(doc, vocab_file, rules_file)
+                written = {"report.json": write_report_json(study_dir, new)}
+                written.update(write_rendered(study_dir, new, read_thumbnails(study_dir, new), pdf=pdf))
+                if not pdf and (study_dir / "report.pdf").exists():
+                    (study_dir / "report.pdf").unlink()  # a PDF of the old grade would contradict the JSON
+                for img in new["images"]:
+                    if img.get("thumbnail") and (study_dir / img["thumbnail"]).is_file():
+                        written[img["thumbnail"]] = sha256_file(study_dir / img["thumbnail"])
+            except (OSError, ValueError, KeyError) as exc:
+                reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+                result.errors.append(f"{key}: {reason}")
+                continue
+            result.rewritten += 1
+            if new["risk"]["level"] != doc["risk"]["level"]:
+                result.changed.append(key)
+            row = summary.get(key)
+            if row is not None:
+                row["risk_level"] = new["risk"]["level"]
+                row["present_findings"] = ";".join(sorted({f["code"] for f in new["findings"] if f["status"] == "present"}))
+            prov = new["provenance"]
+            audit.record(key, dict(row or {"study_key": key, "status": "ok"}), written, new["study"]["modality"],
+                         prov["vocabulary"]["sha256"], prov["rules"]["sha256"])
+            if on_report:
+                on_report(study_dir, doc, new)
+        if summary:
+            write_summary(run_dir, summary.values())
+            write_index(run_dir, list(summary.values()))
     return result
 
 

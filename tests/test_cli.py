@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import csv
+import hashlib
 import json
 import os
 import subprocess
@@ -110,6 +111,33 @@ def test_regrade_round_trips_the_run(sample_run, tmp_path):
         validate_report(doc)
         assert doc["provenance"]["regraded_at"]
         assert after[key]["risk_level"] == before[key]["risk_level"]  # same text, same rules: same grade
+        assert not (copy / key / "report.pdf").exists()  # --no-pdf removes the PDF of the old grade
+    from medvlm.audit.verify import verify_run
+
+    verdict = verify_run(copy)
+    assert not verdict.problems, [p.message for p in verdict.problems]
+
+
+def test_regrade_with_edited_rules_records_them_and_keeps_the_audit_chain(sample_run, tmp_path):
+    """An edited rules file is applied without the model; its path and hash reach every report and the ledger."""
+    import shutil
+
+    from medvlm.audit.verify import verify_run
+    from medvlm.paths import PACKAGE_DIR
+
+    _, out = sample_run
+    copy = tmp_path / "copy"
+    shutil.copytree(out, copy)
+    rules_text = (PACKAGE_DIR / "risk" / "rules" / "chest_xray.yaml").read_text()
+    custom = tmp_path / "rules.yaml"
+    custom.write_text(rules_text + "\n# local edit: the content hash changes\n")
+    result = runner.invoke(app, ["regrade", str(copy), "--rules", str(custom), "--no-pdf"])
+    assert result.exit_code == 0, result.output
+    for row in _read_summary(copy):
+        doc = json.loads((copy / row["study_key"] / "report.json").read_text())
+        assert doc["provenance"]["rules"]["path"] == str(custom)
+        assert doc["provenance"]["rules"]["sha256"] == hashlib.sha256(custom.read_bytes()).hexdigest()
+    assert not verify_run(copy).problems
 
 
 def test_missing_model_is_one_line_exit_2(tmp_path, monkeypatch):
