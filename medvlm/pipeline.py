@@ -317,7 +317,7 @@ def run_batch(
     started_at = utc_now()
     with open_run(out, config) as audit:
         backend = _run(config, resources, key, audit, result, on_progress, on_total, backend)
-    write_run_record(out, config, result, backend, started_at)
+        write_run_record(out, config, result, backend, started_at)  # under the lock, like every other write
     return result
 
 
