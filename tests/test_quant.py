@@ -81,11 +81,32 @@ def test_int8_converts_language_model_linears_and_records_it(demo_backend):
     assert not any(type(m) is torch.nn.Linear for m in language.modules())
     assert isinstance(model.lm_head, QLinear)
     vision = model.model.vision_tower
-    assert not any(isinstance(m, QLinear) for m in vision.modules())  # vision tower stays float
-    assert all(p.dtype == torch.float32 for p in model.parameters())
+    assert not any(isinstance(m, (QLinear, hf.HybridInt8Linear)) for m in vision.modules())  # vision stays float
+    assert all(p.dtype == torch.bfloat16 for p in vision.parameters())
+    assert all(p.dtype == torch.float32 for p in language.parameters())
+    assert demo_backend._pixel_dtype == torch.bfloat16
     info = demo_backend.info
     assert info.quantization.startswith("int8") and "layer by layer" in info.quantization
     assert info.details["quant_mode"] == "int8"
+
+
+def test_hybrid_linear_matches_fp32_and_picks_kernels_by_rows():
+    torch.manual_seed(0)
+    linear = torch.nn.Linear(64, 48)
+    ref_small, ref_large = torch.randn(2, 64), torch.randn(4, 40, 64)
+    with torch.no_grad():
+        want_small, want_large = linear(ref_small), linear(ref_large)
+        hybrid = hf.HybridInt8Linear(linear)
+        got_small, got_large = hybrid(ref_small), hybrid(ref_large)
+    assert got_large.shape == (4, 40, 48)
+    for got, want in ((got_small, want_small), (got_large, want_large)):
+        assert (got - want).abs().max() < 0.05 * want.abs().max()
+
+
+def test_unknown_int8_kernels_setting_is_refused(monkeypatch, demo_model_dir):
+    monkeypatch.setenv(hf.INT8_KERNELS_ENV, "magic")
+    with pytest.raises(ModelUnavailable, match="hybrid, fbgemm or onednn"):
+        load_backend("demo", quant="int8")
 
 
 @pytest.mark.parametrize("quant,dtype", [("none", "float32"), ("none", "bfloat16")])

@@ -151,8 +151,10 @@ def estimate(
     rest = counts.total - counts.quantizable
     cuda = device.startswith("cuda")
     if quant == "int8" and not cuda:
-        # Dynamic int8 keeps everything else in fp32; a tied lm_head becomes its own int8 copy.
-        weights = counts.quantizable + counts.tied_lm_head + rest * 4
+        # Dynamic int8 keeps everything else in fp32 (conservative: the vision tower is bf16); a tied
+        # lm_head becomes its own int8 copy; the hybrid kernels keep two packings of every int8 weight.
+        per_weight = 2 if os.environ.get("MEDVLM_INT8_KERNELS") == "hybrid" else 1
+        weights = (counts.quantizable + counts.tied_lm_head) * per_weight + rest * 4
         # Loaded in bfloat16 and converted layer by layer, so the peak is the bf16 model plus the
         # fp32 copy of the parts that stay in floating point.
         load_peak = counts.total * 2 + rest * 4
