@@ -55,8 +55,8 @@ def test_nested_folders_group_by_study_uid(tmp_path: Path) -> None:
     study_file(tmp_path / "loose2.dcm", "C", "1", 2)
     refs = [r for r in discover(tmp_path, SECRET)]
     by_source = {r.source: r for r in refs}
-    assert set(by_source) == {".", "pat1/st1", "pat1/st2/se1/i1"}
-    assert len(by_source["pat1/st1"].files) == 2 and len(by_source["."].files) == 2
+    assert set(by_source) == {"loose1.dcm (+1 files)", "pat1/st1", "pat1/st2/se1/i1"}
+    assert len(by_source["pat1/st1"].files) == 2 and len(by_source["loose1.dcm (+1 files)"].files) == 2
     study = load_study(by_source["pat1/st1"], "auto", root=tmp_path)
     assert isinstance(study, Study) and [i.view for i in study.images] == ["PA", "LAT"]
 

@@ -130,8 +130,11 @@ def _source(paths: list[Path], root: Path) -> str:
     if len(paths) == 1:
         return relpath(paths[0], root)
     common = Path(os.path.commonpath([str(p.parent) for p in paths]))
-    rel = relpath(common, root)
-    return rel
+    if common == Path(root) or relpath(common, root) == ".":
+        # Loose files grouped by StudyInstanceUID: "." would say nothing, so name the first file.
+        first = min(relpath(p, root) for p in paths)
+        return f"{first} (+{len(paths) - 1} files)"
+    return relpath(common, root)
 
 
 def _scan_unit(files: list[Path], root: Path, secret: bytes, uid_count: dict[str, int]) -> Iterator[StudyRef | StudyError]:
