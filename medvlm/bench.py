@@ -24,12 +24,19 @@ class PeakRSS:
         self._proc = psutil.Process()
         self._interval = interval
         self._stop = threading.Event()
-        self.peak = self._proc.memory_info().rss
+        self.peak = self.peak_anon = 0
+        self._sample()
         self._thread = threading.Thread(target=self._loop, daemon=True)
+
+    def _sample(self) -> None:
+        info = self._proc.memory_info()
+        self.peak = max(self.peak, info.rss)
+        # rss minus file-backed pages (e.g. a checkpoint mmap that the kernel can drop at will)
+        self.peak_anon = max(self.peak_anon, info.rss - getattr(info, "shared", 0))
 
     def _loop(self) -> None:
         while not self._stop.wait(self._interval):
-            self.peak = max(self.peak, self._proc.memory_info().rss)
+            self._sample()
 
     def __enter__(self) -> "PeakRSS":
         self._thread.start()
@@ -38,7 +45,7 @@ class PeakRSS:
     def __exit__(self, *exc) -> None:
         self._stop.set()
         self._thread.join()
-        self.peak = max(self.peak, self._proc.memory_info().rss)
+        self._sample()
 
 
 @dataclass
@@ -57,7 +64,10 @@ class RunFigures:
     model_s: float  # prefill + decode tokens, on the critical path by construction
     outside_model_s: float  # wall - model: time the model was not running
     generated_tokens: int
-    peak_rss: int
+    peak_rss: int  # while the batch ran (model loaded)
+    peak_anon: int  # the same without file-backed pages
+    load_peak_rss: int  # while the model loaded and was quantised
+    load_peak_anon: int
     peak_gpu: int | None = None
     extra: dict = field(default_factory=dict)
 
@@ -100,16 +110,22 @@ def _gpu_peak() -> int | None:
 
 def run_pipeline(config: RunConfig, label: str) -> RunFigures:
     """The real pipeline (prefetch, batching, background rendering), timed."""
+    from .models import load_backend
     from .pipeline import run_batch
 
     _gpu_peak_reset()
+    with PeakRSS() as load_rss:
+        t0 = time.perf_counter()
+        backend = load_backend(
+            config.model, device=config.device, dtype=config.dtype, quant=config.quant, batch_size=config.batch_size,
+            max_new_tokens=config.max_new_tokens, images_per_study=config.max_images,
+        )
+        load = time.perf_counter() - t0
     with PeakRSS() as rss:
         t0 = time.perf_counter()
-        result = run_batch(config)
+        result = run_batch(config, backend=backend)
         wall = time.perf_counter() - t0
     s = result.stats
-    load = s.get("load_s", 0.0)
-    wall -= load
     model = s.get("prefill_s", 0.0) + s.get("decode_tokens_s", 0.0)
     stages = {
         "discover": s.get("discover_s", 0.0),
@@ -122,7 +138,7 @@ def run_pipeline(config: RunConfig, label: str) -> RunFigures:
         "render": s.get("report_s", 0.0) + s.get("render_s", 0.0),
     }
     info = _model_info(config.out)
-    del result
+    del result, backend
     gc.collect()
     return RunFigures(
         label=label,
@@ -138,6 +154,9 @@ def run_pipeline(config: RunConfig, label: str) -> RunFigures:
         outside_model_s=max(0.0, wall - model),
         generated_tokens=int(s.get("generated_tokens", 0)),
         peak_rss=rss.peak,
+        peak_anon=rss.peak_anon,
+        load_peak_rss=load_rss.peak,
+        load_peak_anon=load_rss.peak_anon,
         peak_gpu=_gpu_peak(),
         extra={"prefetch_wait_s": s.get("prefetch_wait_s", 0.0), "render_wait_s": s.get("render_wait_s", 0.0)},
     )
@@ -154,13 +173,14 @@ def run_seed_style(config: RunConfig, label: str = "seed-style baseline") -> Run
     out.mkdir(parents=True, exist_ok=True)
     stages = dict.fromkeys(STAGES, 0.0)
     _gpu_peak_reset()
-    with PeakRSS() as rss:
+    with PeakRSS() as load_rss:
         t_load = time.perf_counter()
         backend = load_backend(
             config.model, device=config.device, dtype="float32", quant="none", batch_size=1,
             max_new_tokens=config.max_new_tokens, images_per_study=config.max_images,
         )
         load = time.perf_counter() - t_load
+    with PeakRSS() as rss:
         t0 = time.perf_counter()
         key = ingest.load_or_create_key(out)
         resources = Resources(config)
@@ -191,7 +211,8 @@ def run_seed_style(config: RunConfig, label: str = "seed-style baseline") -> Run
     return RunFigures(
         label=label, batch_size=1, quantization=info.quantization, dtype=info.dtype, studies_ok=ok,
         studies_failed=failed, wall_s=wall, load_s=load, stages=stages, model_s=model,
-        outside_model_s=max(0.0, wall - model), generated_tokens=tokens, peak_rss=rss.peak, peak_gpu=_gpu_peak(),
+        outside_model_s=max(0.0, wall - model), generated_tokens=tokens, peak_rss=rss.peak, peak_anon=rss.peak_anon,
+        load_peak_rss=load_rss.peak, load_peak_anon=load_rss.peak_anon, peak_gpu=_gpu_peak(),
     )
 
 
@@ -236,7 +257,9 @@ def table(runs: list[RunFigures]) -> list[list[str]]:
     rows.append(["outside model % of wall", *[f"{100 * r.outside_model_s / r.wall_s:.1f}" for r in runs]])
     rows.append(["tokens/s", *[f"{r.tokens_per_s:.2f}" for r in runs]])
     rows.append(["studies/min", *[f"{r.studies_per_min:.2f}" for r in runs]])
-    rows.append(["peak RSS GB", *[f"{r.peak_rss / 1024**3:.2f}" for r in runs]])
+    rows.append(["peak RSS GB (batch)", *[f"{r.peak_rss / 1024**3:.2f}" for r in runs]])
+    rows.append(["peak RSS GB (load)", *[f"{r.load_peak_rss / 1024**3:.2f}" for r in runs]])
+    rows.append(["peak anon GB (batch / load)", *[f"{r.peak_anon / 1024**3:.2f} / {r.load_peak_anon / 1024**3:.2f}" for r in runs]])
     if any(r.peak_gpu for r in runs):
         rows.append(["peak GPU GB", *[f"{(r.peak_gpu or 0) / 1024**3:.2f}" for r in runs]])
     return rows
@@ -287,6 +310,7 @@ def run_bench(config: RunConfig, *, baseline: bool = True) -> dict:
     doc["targets"] = {
         "outside_model_fraction": opt.outside_model_s / opt.wall_s if opt.wall_s else None,
         "rss_minus_weights_gb": (opt.peak_rss - weights) / 1024**3 if weights else None,
+        "load_rss_minus_weights_gb": (opt.load_peak_rss - weights) / 1024**3 if weights else None,
         "weights_gb": weights / 1024**3 if weights else None,
     }
     if baseline:

@@ -293,8 +293,19 @@ def _finish_safely(work: StudyWork, output: ModelOutput, backend: Backend, confi
 
 
 def _chunks(items: list, size: int) -> Iterator[list]:
-    for i in range(0, len(items), size):
-        yield items[i : i + size]
+    """Batches of `size`, except that the last full batch is split so the final one holds about a quarter.
+
+    Reports of the final batch are written after the model has stopped, so they are the one part of
+    rendering that cannot overlap generation; a small final batch keeps that tail short.
+    """
+    sizes = [size] * (len(items) // size) + ([len(items) % size] if len(items) % size else [])
+    if size >= 4 and sizes and sizes[-1] > size // 4:
+        last = sizes.pop()
+        sizes += [last - size // 4, size // 4]
+    start = 0
+    for n in sizes:
+        yield items[start : start + n]
+        start += n
 
 
 def run_batch(

@@ -139,6 +139,18 @@ def _convert_linears(module, kernels: str) -> None:
             _convert_linears(child, kernels)
 
 
+def _release_freed_memory() -> None:
+    """Hand the freed bf16/fp32 copies back to the OS (glibc keeps freed heap pages otherwise)."""
+    import ctypes
+    import gc
+
+    gc.collect()
+    try:
+        ctypes.CDLL("libc.so.6").malloc_trim(0)
+    except (OSError, AttributeError):  # not glibc: nothing to do
+        pass
+
+
 def _quantize_cpu_int8(model) -> str:
     """Per-channel dynamic int8 on the language model's Linear layers (lm_head too), one decoder layer at a time."""
     import os
@@ -216,10 +228,11 @@ class HFBackend:
         dev = _pick_device(device)
         mode = _pick_quant(quant, dev)
         torch_dtype = _pick_dtype(dtype, dev, mode)
+        estimate = None
         if check_memory:
             from .memory import check_model_fits
 
-            check_model_fits(
+            estimate = check_model_fits(
                 Path(local_dir), model=resolved.name, dtype=str(torch_dtype).replace("torch.", ""), quant=mode,
                 device=dev, batch_size=batch_size, max_new_tokens=max_new_tokens, images_per_study=images_per_study,
             )
@@ -255,6 +268,7 @@ class HFBackend:
             model.to(dev)
         if cpu_int8:
             quant_desc = _quantize_cpu_int8(model)
+            _release_freed_memory()
         self.model = model
         self._pixel_dtype = _vision_dtype(model)
         tokenizer = getattr(self.processor, "tokenizer", self.processor)
@@ -281,6 +295,10 @@ class HFBackend:
                 "quant_mode": mode,
                 "threads": torch.get_num_threads(),
                 "attention": getattr(model.config, "_attn_implementation", None),
+                "memory_estimate_bytes": (
+                    {"weights": estimate.weights, "load_peak": estimate.load_peak, "activations": estimate.activations}
+                    if estimate else None
+                ),
             },
         )
 

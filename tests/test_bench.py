@@ -1,0 +1,31 @@
+"""`medvlm bench` end to end on the demo model (figures are printed, never asserted on)."""
+
+from __future__ import annotations
+
+import json
+
+from PIL import Image
+from typer.testing import CliRunner
+
+from medvlm.cli import app
+
+
+def test_bench_writes_json_chart_and_table(tmp_path, demo_model_dir):
+    studies = tmp_path / "studies"
+    studies.mkdir()
+    for i in range(3):
+        Image.new("L", (96, 96), 40 * i).save(studies / f"cxr{i}.png")
+    out = tmp_path / "bench"
+    result = CliRunner().invoke(app, ["bench", str(studies), "--model", "demo", "--out", str(out), "--batch-size", "2",
+                                      "--max-new-tokens", "3", "--no-pdf"])
+    assert result.exit_code == 0, result.output
+    assert "tokens/s" in result.output and "speedup_tokens_per_s" in result.output
+    doc = json.loads((out / "bench.json").read_text())
+    optimised, baseline = doc["runs"]
+    assert optimised["studies_ok"] == baseline["studies_ok"] == 3
+    assert optimised["generated_tokens"] == baseline["generated_tokens"] == 9  # --ignore-eos: exactly 3 each
+    assert baseline["batch_size"] == 1 and baseline["quantization"] == "none" and baseline["dtype"] == "float32"
+    assert set(optimised["stages"]) == {"discover", "decode", "preprocess", "prefill", "decode_tokens", "extract",
+                                        "grade", "render"}
+    assert optimised["peak_rss"] > 0
+    assert (out / "bench.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
