@@ -377,8 +377,9 @@ def _run(config, resources, key, audit, result, on_progress, on_total, backend) 
     ) as render:
         pending: deque = deque()  # (StudyWork, Future[row]) in submission (= completion) order
 
-        def drain(block: bool) -> None:
-            while pending and (block or pending[0][1].done()):
+        def drain(block: bool, keep: int = 0) -> None:
+            """Record finished reports; with block, wait until at most `keep` are still pending."""
+            while pending and (pending[0][1].done() or (block and len(pending) > keep)):
                 w, fut = pending.popleft()
                 t_wait = time.perf_counter()
                 row = fut.result()  # _finish_safely never raises
@@ -428,7 +429,8 @@ def _run(config, resources, key, audit, result, on_progress, on_total, backend) 
             for w, output in zip(ready, outputs):
                 pending.append((w, render.submit(_finish_safely, w, output, backend, config, resources)))
             del ready, prepared, outputs  # images and pixel tensors live only as long as their reports
-            drain(False)
+            # Backpressure: if reports fall behind the model, wait rather than hold more images in memory.
+            drain(True, keep=2 * max(1, config.batch_size))
             write_summary(out, result.rows)
         drain(True)
     backend = holder["backend"]

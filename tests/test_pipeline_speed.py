@@ -160,3 +160,29 @@ def test_ingest_and_preprocess_failures_become_rows(tmp_path, monkeypatch, slow_
     assert by_key["s04"]["stage"] == by_key["s05"]["stage"] == "model"  # the whole batch of the failed processor call
     assert "processor exploded" in by_key["s04"]["reason"]
     assert by_key["s00"]["status"] == "ok"
+
+
+def test_slow_reports_hold_back_the_model_instead_of_piling_up(tmp_path, fake_ingest, monkeypatch):
+    """With rendering slower than generation, at most 2 batches of studies wait for their reports."""
+    monkeypatch.setattr(pipeline, "write_run_record", lambda *a, **k: None)
+    live: list[int] = []
+    alive = set()
+
+    def finish(work, output, backend, config, resources):
+        time.sleep(0.05)
+        alive.discard(work.study.ref.key)
+        return {"study_key": work.study.ref.key, "source": work.study.ref.source, "modality": work.modality,
+                "status": "ok", "risk_level": "", "present_findings": "", "answer_status": "", "stage": "",
+                "reason": "", "report": ""}
+
+    class Tracking(FakeBackend):
+        def generate_prepared(self, prepared, **kw):
+            alive.update(prepared.keys)
+            live.append(len(alive))
+            return super().generate_prepared(prepared, **kw)
+
+    monkeypatch.setattr(pipeline, "finish", finish)
+    fake_ingest.n = 20
+    result = pipeline.run_batch(_config(tmp_path, batch_size=2), backend=Tracking(generate_s=0.0))
+    assert len(result.rows) == 20
+    assert max(live) <= 2 * 2 + 2 + 1  # pending limit + the batch being generated (+1 in flight)
