@@ -8,7 +8,7 @@ from dataclasses import dataclass, field
 from importlib import resources
 from pathlib import Path
 
-from medvlm.findings.yamlmarks import LineDict, LineList, load_marked
+from medvlm.findings.yamlmarks import LineDict, LineList, load_marked, reject_unknown_keys
 from medvlm.records import MODALITIES, Evidence, Finding
 
 NO_FINDING = "no_finding"
@@ -106,10 +106,7 @@ def load_vocabulary(modality_or_path: str | Path) -> Vocabulary:
     data = load_marked(path, VocabularyError)
     if not isinstance(data, LineDict):
         raise VocabularyError(f"{path}:1: top level must be a mapping with 'id' and 'findings'")
-    unknown = set(data) - {"id", "version", "findings", "description"}
-    if unknown:
-        key = sorted(unknown, key=str)[0]
-        raise VocabularyError(f"{path}:{data.key_lines[key]}: unknown top-level key {key!r}")
+    reject_unknown_keys(data, {"id", "version", "findings", "description"}, path, VocabularyError, "top-level key")
     vocab_id = data.get("id")
     if not isinstance(vocab_id, str) or not vocab_id:
         raise VocabularyError(f"{path}:{data.key_lines.get('id', 1)}: 'id' must be a non-empty string")
@@ -124,10 +121,7 @@ def load_vocabulary(modality_or_path: str | Path) -> Vocabulary:
             raise VocabularyError(f"{path}:{line}: finding code {code!r} must be lower_snake_case")
         if not isinstance(body, LineDict):
             raise VocabularyError(f"{path}:{line}: finding {code!r} must be a mapping")
-        extra = set(body) - _ENTRY_KEYS
-        if extra:
-            key = sorted(extra, key=str)[0]
-            raise VocabularyError(f"{path}:{body.key_lines[key]}: unknown key {key!r} in finding {code!r}")
+        reject_unknown_keys(body, _ENTRY_KEYS, path, VocabularyError, "key", f" in finding {code!r}")
         label = body.get("label")
         if not isinstance(label, str) or not label:
             raise VocabularyError(f"{path}:{line}: finding {code!r} needs a 'label' string")

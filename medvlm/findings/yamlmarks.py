@@ -60,3 +60,13 @@ def load_marked(path: Path, error: type[ValueError]) -> Any:
         return _build(node, yaml.SafeLoader(""))
     except yaml.YAMLError as exc:
         raise error(f"{path}:{str(exc).removeprefix('line ')}") from None
+
+
+def reject_unknown_keys(
+    mapping: LineDict, allowed: set[str], path: Path, error: type[ValueError], what: str, where: str = ""
+) -> None:
+    """Raise `error("path:line: unknown <what> 'key'<where>")` for the first key not in `allowed`."""
+    extra = set(mapping) - allowed
+    if extra:
+        key = sorted(extra, key=str)[0]
+        raise error(f"{path}:{mapping.key_lines[key]}: unknown {what} {key!r}{where}")

@@ -103,13 +103,7 @@ def _walk(folder: Path, root: Path, secret: bytes, ancestors: frozenset[str], se
         elif is_file:
             yield path
         elif is_link:
-            reason = "broken symlink"
-            try:
-                os.stat(path)
-            except OSError as exc:
-                if exc.errno == errno.ELOOP:
-                    reason = "symlink loop"
-            yield _file_error(path, root, secret, reason)
+            yield _file_error(path, root, secret, _dangling_link_reason(path))
         else:
             yield _file_error(path, root, secret, "not a regular file (device, socket or pipe); ignored", "skipped")
 
@@ -124,6 +118,16 @@ def _stat_reason(exc: OSError) -> str:
 
 def _is_ignored(path: Path) -> bool:
     return path.suffix.lower() in IGNORED_SUFFIXES or path.name.lower() in IGNORED_NAMES
+
+
+def _dangling_link_reason(path: Path) -> str:
+    """Why a symlink that is not a readable file or folder cannot be followed."""
+    try:
+        os.stat(path)
+    except OSError as exc:
+        if exc.errno == errno.ELOOP:
+            return "symlink loop"
+    return "broken symlink"
 
 
 def _source(paths: list[Path], root: Path) -> str:
@@ -266,13 +270,7 @@ def _walk_top(root: Path, secret: bytes) -> Iterator[Path | StudyError]:
             yield _file_error(path, root, secret, _stat_reason(exc))
             continue
         if entry.is_symlink():
-            reason = "broken symlink"
-            try:
-                os.stat(path)
-            except OSError as exc:
-                if exc.errno == errno.ELOOP:
-                    reason = "symlink loop"
-            yield _file_error(path, root, secret, reason)
+            yield _file_error(path, root, secret, _dangling_link_reason(path))
         else:
             yield _file_error(path, root, secret, "not a regular file (device, socket or pipe); ignored", "skipped")
 

@@ -7,7 +7,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from medvlm.findings.extract import NO_FINDING, Vocabulary, VocabularyError, load_vocabulary, resolve_data_path
-from medvlm.findings.yamlmarks import LineDict, LineList, load_marked
+from medvlm.findings.yamlmarks import LineDict, LineList, load_marked, reject_unknown_keys
 from medvlm.records import RISK_LEVELS, FiredRule, Finding, RiskGrade
 
 # Severity order of the levels a rule may fire; indeterminate sits outside the scale.
@@ -78,10 +78,7 @@ def _as_set(value, key: str, path: Path, line: int, allowed: set[str] | None = N
 def _parse_rule(raw, path: Path, line: int, vocab: Vocabulary) -> Rule:
     if not isinstance(raw, LineDict):
         raise RulesError(f"{path}:{line}: each rule must be a mapping with id, level, when")
-    extra = set(raw) - _RULE_KEYS
-    if extra:
-        key = sorted(extra, key=str)[0]
-        raise RulesError(f"{path}:{raw.key_lines[key]}: unknown rule key {key!r}")
+    reject_unknown_keys(raw, _RULE_KEYS, path, RulesError, "rule key")
     rule_id = raw.get("id")
     if not isinstance(rule_id, str) or not rule_id:
         raise RulesError(f"{path}:{line}: rule needs an 'id' string")
@@ -101,10 +98,7 @@ def _parse_rule(raw, path: Path, line: int, vocab: Vocabulary) -> Rule:
     when = raw.get("when")
     if not isinstance(when, LineDict):
         raise RulesError(f"{path}:{raw.key_lines.get('when', line)}: rule {rule_id!r} needs a 'when' mapping")
-    extra = set(when) - _WHEN_KEYS
-    if extra:
-        key = sorted(extra, key=str)[0]
-        raise RulesError(f"{path}:{when.key_lines[key]}: unknown condition {key!r} in rule {rule_id!r}")
+    reject_unknown_keys(when, _WHEN_KEYS, path, RulesError, "condition", f" in rule {rule_id!r}")
 
     def cond(key: str, allowed: set[str] | None = None) -> frozenset[str] | None:
         if key not in when:
@@ -139,10 +133,7 @@ def load_rules(modality_or_path: str | Path, vocab: Vocabulary | None = None) ->
     data = load_marked(path, RulesError)
     if not isinstance(data, LineDict):
         raise RulesError(f"{path}:1: top level must be a mapping with 'id' and 'rules'")
-    unknown = set(data) - {"id", "version", "vocabulary", "rules", "description"}
-    if unknown:
-        key = sorted(unknown, key=str)[0]
-        raise RulesError(f"{path}:{data.key_lines[key]}: unknown top-level key {key!r}")
+    reject_unknown_keys(data, {"id", "version", "vocabulary", "rules", "description"}, path, RulesError, "top-level key")
     rules_id = data.get("id")
     if not isinstance(rules_id, str) or not rules_id:
         raise RulesError(f"{path}:{data.key_lines.get('id', 1)}: 'id' must be a non-empty string")
