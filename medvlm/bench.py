@@ -272,7 +272,7 @@ def chart(runs: list[RunFigures], path: Path) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, ax = plt.subplots(figsize=(8, 4.5))
+    fig, ax = plt.subplots(figsize=(9, 4.5))
     bottoms = [0.0] * len(runs)
     labels = [r.label for r in runs]
     for stage in STAGES:
@@ -284,7 +284,7 @@ def chart(runs: list[RunFigures], path: Path) -> None:
         ax.annotate(f"{r.tokens_per_s:.1f} tok/s", (i, max(bottoms[i], r.wall_s)), ha="center", va="bottom")
     ax.set_ylabel("seconds (stage sums; overlapped stages can exceed wall)")
     ax.set_title("medvlm bench (random-weight model; research use only)")
-    ax.legend(fontsize=7, loc="upper right")
+    ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1.0))
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)

@@ -89,8 +89,10 @@ PREFILL_ROWS = 32  # rows (batch x tokens) from which a matmul counts as prefill
 class HybridInt8Linear(_TorchModule):
     """A Linear with per-channel int8 weights packed twice: oneDNN (AMX/VNNI) for prefill, FBGEMM for decode.
 
-    Measured on a 2-core Sapphire Rapids: oneDNN's int8 GEMM is ~1.5-2x faster than FBGEMM on prefill-sized
-    inputs and ~2x slower on decode-sized ones; the two copies cost one extra int8 byte per weight.
+    On a 2-core Sapphire Rapids one Linear alone ran ~1.5x faster on oneDNN for prefill-sized inputs and ~2x
+    slower for decode-sized ones, but in the whole bench model (prefill 3.02 s/study vs 2.88, decode 18.6 tok/s
+    vs 65 at batch 8) plain FBGEMM won, so this is opt-in (MEDVLM_INT8_KERNELS=hybrid); it costs one extra
+    int8 byte per weight.
     """
 
     def __init__(self, linear):
