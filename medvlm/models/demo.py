@@ -167,6 +167,9 @@ def _build(spec: RandomVLMSpec, target: Path) -> None:
         PreTrainedTokenizerFast,
     )
     from transformers.models.gemma3.image_processing_pil_gemma3 import Gemma3ImageProcessorPil
+    from transformers.utils import logging as hf_logging
+
+    hf_logging.disable_progress_bar()  # the build is one quiet step of a batch, not a download
 
     raw = _train_tokenizer(spec.vocab_size)
     tokenizer = PreTrainedTokenizerFast(
