@@ -13,7 +13,7 @@ from medvlm import DEMO_NOTICE, RESEARCH_BANNER
 from medvlm.report.index import write_index
 from medvlm.report.write import write_rendered, write_report_json
 
-from test_report_docs import XSS_IMG, XSS_SCRIPT, make_report
+from report_support import XSS_IMG, XSS_SCRIPT, make_report
 
 
 class Page(HTMLParser):

@@ -14,7 +14,7 @@ from medvlm.report.html import mark_segments, render_report_html
 from medvlm.report.pdf import BlockedResource, html_to_pdf, refuse_external
 from medvlm.report.write import write_rendered, write_report_json
 
-from test_report_docs import XSS_IMG, XSS_SCRIPT, make_report
+from report_support import XSS_IMG, XSS_SCRIPT, make_report
 
 pypdf = pytest.importorskip("pypdf")
 
