@@ -131,3 +131,56 @@ def test_preprocess_then_generate_prepared_times_prefill_and_decode(demo_backend
     assert [o.new_tokens for o in outputs] == [5, 5]
     assert prepared.prefill_s > 0 and prepared.decode_s > 0 and prepared.preprocess_s > 0
     assert prepared.generated_tokens == 10
+
+
+def _greedy_ids(backend, n: int = 8):
+    from medvlm.prompts import load_template, render_prompt
+
+    study = _study(1)
+    prepared = backend.preprocess([(study, render_prompt(study, load_template("chest_xray")))])
+    with torch.inference_mode():
+        out = backend.model.generate(**prepared.inputs, max_new_tokens=n, min_new_tokens=n, do_sample=False)
+    return out[0, prepared.inputs["input_ids"].shape[1]:].tolist()
+
+
+def test_streamed_int8_load_matches_from_pretrained_then_quantize(monkeypatch, demo_model_dir):
+    streamed = []
+    real = hf._load_cpu_int8_streamed
+    monkeypatch.setattr(hf, "_load_cpu_int8_streamed", lambda *a: streamed.append(1) or real(*a))
+    new = load_backend("demo", quant="int8")
+    assert streamed == [1]
+    monkeypatch.setenv(hf.STREAMED_LOAD_ENV, "0")
+    old = load_backend("demo", quant="int8")
+    assert streamed == [1]  # the old path did not stream
+    assert new.info.quantization == old.info.quantization
+    assert _greedy_ids(new) == _greedy_ids(old)
+    new_state, old_state = new.model.state_dict(), old.model.state_dict()
+    assert new_state.keys() == old_state.keys()
+    for key, value in old_state.items():
+        if isinstance(value, torch.Tensor):  # norms, embeddings, vision tower, non-persistent-free buffers
+            assert torch.equal(value, new_state[key]) and value.dtype == new_state[key].dtype, key
+    for (name, a), (_, b) in zip(old.model.named_buffers(), new.model.named_buffers()):  # rotary inv_freq etc.
+        assert torch.equal(a, b), name
+
+
+def test_streamed_int8_load_falls_back_when_checkpoint_keys_do_not_match(tmp_path, demo_model_dir):
+    import shutil
+
+    from safetensors.torch import load_file, save_file
+
+    copy = tmp_path / "renamed"
+    shutil.copytree(demo_model_dir, copy)
+    tensors = load_file(copy / "model.safetensors")
+    key = next(k for k in tensors if "layers.0." in k)
+    tensors[key.replace("layers.0.", "layers.0.legacy_")] = tensors.pop(key)
+    save_file(tensors, copy / "model.safetensors", metadata={"format": "pt"})
+    with pytest.raises(hf._StreamFallback, match="does not match"):
+        hf._load_cpu_int8_streamed(copy, "fbgemm")
+    backend = load_backend(str(copy), quant="int8")  # falls back to from_pretrained (which renames or warns)
+    assert "int8" in backend.info.quantization
+    tensors[key] = tensors[key.replace("layers.0.", "layers.0.legacy_")]
+    del tensors[key.replace("layers.0.", "layers.0.legacy_")]
+    tensors.pop(next(k for k in tensors if "vision_tower" in k))
+    save_file(tensors, copy / "model.safetensors", metadata={"format": "pt"})
+    with pytest.raises(hf._StreamFallback, match="not in the checkpoint"):
+        hf._load_cpu_int8_streamed(copy, "fbgemm")

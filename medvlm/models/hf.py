@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import time
 import warnings
 from dataclasses import dataclass
@@ -83,7 +84,8 @@ except ImportError:  # pragma: no cover
     _TorchModule = object
 
 INT8_KERNELS_ENV = "MEDVLM_INT8_KERNELS"  # fbgemm (default, fastest measured), onednn or hybrid (both)
-PREFILL_ROWS = 32  # rows (batch x tokens) from which a matmul counts as prefill
+PREFILL_ROWS = 32
+STREAMED_LOAD_ENV = "MEDVLM_STREAMED_LOAD"  # 0: CPU int8 loads through from_pretrained (the old, higher-peak path)  # rows (batch x tokens) from which a matmul counts as prefill
 
 
 class HybridInt8Linear(_TorchModule):
@@ -153,15 +155,20 @@ def _release_freed_memory() -> None:
         pass
 
 
-def _quantize_cpu_int8(model) -> str:
-    """Per-channel dynamic int8 on the language model's Linear layers (lm_head too), one decoder layer at a time."""
+def _int8_kernels() -> str:
     import os
-
-    import torch
 
     kernels = os.environ.get(INT8_KERNELS_ENV, "fbgemm")
     if kernels not in ("hybrid", "fbgemm", "onednn"):
         raise ModelUnavailable(f"{INT8_KERNELS_ENV} must be hybrid, fbgemm or onednn (got {kernels!r}).")
+    return kernels
+
+
+def _quantize_cpu_int8(model) -> str:
+    """Per-channel dynamic int8 on the language model's Linear layers (lm_head too), one decoder layer at a time."""
+    import torch
+
+    kernels = _int8_kernels()
     language = _language_model(model)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
@@ -194,6 +201,216 @@ def _quantize_cpu_int8(model) -> str:
         f"int8 dynamic per-channel (torch.ao, {kernels} kernels) on language-model Linear layers incl. lm_head; "
         f"{vision}; loaded bf16, converted layer by layer"
     )
+
+
+class _StreamFallback(Exception):
+    """The streamed CPU-int8 load cannot reproduce from_pretrained exactly here: use from_pretrained."""
+
+
+def _params_on_meta():
+    """A context in which new nn.Parameters are created on the meta device and buffers really on CPU.
+
+    Parameters get no memory; buffers (rotary inv_freq, embed_scale, ... most of them non-persistent and so
+    absent from the checkpoint) are computed by the modules' own __init__ exactly as from_pretrained does.
+    """
+    import contextlib
+
+    import torch
+
+    @contextlib.contextmanager
+    def ctx():
+        original = torch.nn.Module.register_parameter
+
+        def register_parameter(module, name, param):
+            original(module, name, param)
+            if param is not None and param.device.type != "meta":
+                kwargs = {"requires_grad": param.requires_grad}
+                module._parameters[name] = type(param)(param.to("meta"), **kwargs)
+
+        torch.nn.Module.register_parameter = register_parameter
+        try:
+            yield
+        finally:
+            torch.nn.Module.register_parameter = original
+
+    return ctx()
+
+
+def _checkpoint_files(local_dir: Path) -> list[Path]:
+    single = local_dir / "model.safetensors"
+    if single.is_file():
+        return [single]
+    index = local_dir / "model.safetensors.index.json"
+    if index.is_file():
+        names = sorted(set(json.loads(index.read_text())["weight_map"].values()))
+        return [local_dir / n for n in names]
+    raise _StreamFallback("no safetensors checkpoint")
+
+
+_SAFETENSORS_DTYPES = {
+    "F64": "float64", "F32": "float32", "F16": "float16", "BF16": "bfloat16",
+    "I64": "int64", "I32": "int32", "I16": "int16", "I8": "int8", "U8": "uint8", "BOOL": "bool",
+}
+
+
+def _safetensors_header(file: Path) -> tuple[int, dict[str, dict]]:
+    """(offset of the data section, {key: {dtype, shape, data_offsets}}) of one .safetensors file."""
+    import struct
+
+    with open(file, "rb") as f:
+        (size,) = struct.unpack("<Q", f.read(8))
+        header = json.loads(f.read(size))
+    header.pop("__metadata__", None)
+    return 8 + size, header
+
+
+def _read_tensor(f, data_start: int, entry: dict):
+    """One tensor read with a plain read() into anonymous memory.
+
+    Not through safetensors' mmap: the pages of an mapped file count in RSS for as long as the mapping
+    lives, while read() leaves them in the page cache, which the kernel can drop.
+    """
+    import torch
+
+    if entry["dtype"] not in _SAFETENSORS_DTYPES:
+        raise _StreamFallback(f"checkpoint dtype {entry['dtype']} not handled")
+    begin, end = entry["data_offsets"]
+    raw = torch.empty(end - begin, dtype=torch.uint8)
+    f.seek(data_start + begin)
+    if end > begin and f.readinto(memoryview(raw.numpy())) != end - begin:
+        raise OSError(f"short read from {f.name}")
+    return raw.view(getattr(torch, _SAFETENSORS_DTYPES[entry["dtype"]])).reshape(entry["shape"])
+
+
+def _checkpoint_key_map(model, files: list[Path]) -> dict[str, tuple[Path, str]]:
+    """model state_dict key -> (file, checkpoint key), with transformers' own key renames applied.
+
+    Raises _StreamFallback unless the renamed checkpoint keys cover the model's state_dict exactly (tied
+    parameters excepted) with equal shapes, and no tensor-transforming conversion applies.
+    """
+    try:
+        from transformers.conversion_mapping import get_model_conversion_mapping
+        from transformers.core_model_loading import WeightConverter, WeightRenaming, rename_source_key
+    except ImportError as exc:  # another transformers version: do not guess its renames
+        raise _StreamFallback(f"transformers key-rename API unavailable: {exc}") from None
+
+    meta_sd = model.state_dict()
+    conversions = get_model_conversion_mapping(model)
+    renamings = [c for c in conversions if isinstance(c, WeightRenaming)]
+    converters = [c for c in conversions if isinstance(c, WeightConverter)]
+    prefix = getattr(model, "base_model_prefix", None)
+    mapping: dict[str, tuple[Path, str]] = {}
+    for file in files:
+        _, header = _safetensors_header(file)
+        for key, entry in header.items():
+            target, converter = rename_source_key(key, renamings, converters, prefix, meta_sd)
+            if target not in meta_sd and key in meta_sd:
+                target, converter = rename_source_key(key, [], [], prefix, meta_sd)
+            if converter is not None:
+                raise _StreamFallback(f"checkpoint key {key} needs a tensor conversion")
+            if target not in meta_sd or target in mapping:
+                raise _StreamFallback(f"checkpoint key {key} does not match the model")
+            if tuple(entry["shape"]) != tuple(meta_sd[target].shape) or entry["dtype"] not in _SAFETENSORS_DTYPES:
+                raise _StreamFallback(f"checkpoint key {key} has another shape or an unknown dtype")
+            mapping[target] = (file, key)
+    return mapping
+
+
+def _load_cpu_int8_streamed(local_dir, kernels: str):
+    """Build the model with meta parameters, then fill and int8-convert it one decoder layer at a time.
+
+    The same bf16 -> fp32 -> int8 steps as from_pretrained(dtype=bfloat16) + _quantize_cpu_int8, but the
+    checkpoint is read one tensor at a time, so the process never holds
+    the whole checkpoint's file pages plus a whole bf16 copy (tensors are read with read(), not mmap). Raises _StreamFallback where it cannot
+    reproduce from_pretrained exactly (unknown key names, tensor conversions, fp32-kept modules, ...).
+    """
+    from collections import defaultdict
+
+    import torch
+    from transformers import AutoConfig, AutoModelForImageTextToText, GenerationConfig
+
+    local_dir = Path(local_dir)
+    files = _checkpoint_files(local_dir)
+    config = AutoConfig.from_pretrained(local_dir)
+    with _params_on_meta():
+        model = AutoModelForImageTextToText.from_config(config, dtype=torch.bfloat16)
+    if getattr(model, "_keep_in_fp32_modules", None) or getattr(model, "_keep_in_fp32_modules_strict", None):
+        raise _StreamFallback("model keeps some modules in fp32")
+    language = _language_model(model)
+    layers = list(getattr(language, "layers", None) or []) if language is not None else []
+    if not layers:
+        raise _StreamFallback("no decoder layers to stream")
+    mapping = _checkpoint_key_map(model, files)
+
+    # Every parameter object with all the (module, name) slots that share it (tied weights).
+    slots: dict[int, list[tuple[Any, str, str]]] = defaultdict(list)
+    params: dict[int, Any] = {}
+    for mod_name, mod in model.named_modules(remove_duplicate=False):
+        for name, p in mod._parameters.items():
+            if p is not None and (mod, name) not in [(m, n) for m, n, _ in slots[id(p)]]:
+                slots[id(p)].append((mod, name, f"{mod_name}.{name}" if mod_name else name))
+                params[id(p)] = p
+    param_names = {full for owners in slots.values() for _, _, full in owners}
+    for pid, owners in slots.items():
+        if not any(full in mapping for _, _, full in owners):
+            raise _StreamFallback(f"parameter {owners[0][2]} is not in the checkpoint")
+    for key in model.state_dict():  # persistent buffers must come from the checkpoint too
+        if key not in mapping and key not in param_names:
+            raise _StreamFallback(f"buffer {key} is not in the checkpoint")
+    buffer_keys = [k for k in mapping if k not in param_names]
+
+    layer_of = {}
+    for i, layer in enumerate(layers):
+        for mod in layer.modules():
+            layer_of[id(mod)] = i
+    groups: dict[int, list[int]] = defaultdict(list)  # -1: everything outside the decoder layers
+    for pid, owners in slots.items():
+        where = {layer_of.get(id(mod), -1) for mod, _, _ in owners}
+        if len(where) != 1:
+            raise _StreamFallback("a tied parameter spans decoder layers")
+        groups[where.pop()].append(pid)
+
+    headers = {file: _safetensors_header(file) for file in files}
+
+    def fill(pids: list[int], extra_keys=()) -> None:
+        by_file: dict[Path, list[tuple[Any, str]]] = defaultdict(list)
+        for pid in pids:
+            meta = params[pid]
+            new = torch.nn.Parameter(torch.empty(meta.shape, dtype=meta.dtype), requires_grad=meta.requires_grad)
+            for mod, name, _ in slots[pid]:
+                mod._parameters[name] = new
+            full = next(full for _, _, full in slots[pid] if full in mapping)
+            by_file[mapping[full][0]].append((new, mapping[full][1]))
+        for key in extra_keys:
+            mod_name, _, buf = key.rpartition(".")
+            target = model.get_submodule(mod_name)._buffers[buf]
+            by_file[mapping[key][0]].append((target, mapping[key][1]))
+        for file, items in by_file.items():
+            data_start, header = headers[file]
+            with open(file, "rb") as f:
+                for target, key in items:
+                    with torch.no_grad():
+                        target.copy_(_read_tensor(f, data_start, header[key]))
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        fill(groups.pop(-1, []), buffer_keys)
+        for i, layer in enumerate(layers):
+            group = groups.pop(i, [])
+            fill(group)
+            _convert_linears(layer, kernels)  # bf16 -> fp32 -> int8, as _quantize_cpu_int8 does
+            for pid in group:  # the replaced Linear modules (and their fp32 weights) must not stay referenced
+                del slots[pid], params[pid]
+            del group
+            # glibc keeps the freed fp32/bf16 copies (its mmap threshold grows to 32 MB) and the
+            # int8 weights allocated in between stop the heap from shrinking: hand them back per layer.
+            _release_freed_memory()
+    if any(p.device.type == "meta" for p in model.parameters()) or any(b.device.type == "meta" for b in model.buffers()):
+        raise _StreamFallback("some tensors were left unfilled")
+    model.config.name_or_path = str(local_dir)
+    if (local_dir / "generation_config.json").is_file():
+        model.generation_config = GenerationConfig.from_pretrained(local_dir)
+    return model
 
 
 class HFBackend:
@@ -261,7 +478,15 @@ class HFBackend:
             kwargs["dtype"] = torch.bfloat16
         try:
             self.processor = AutoProcessor.from_pretrained(local_dir)
-            model = AutoModelForImageTextToText.from_pretrained(local_dir, **kwargs)
+            model = None
+            if cpu_int8 and os.environ.get(STREAMED_LOAD_ENV, "1") != "0":
+                try:
+                    model = _load_cpu_int8_streamed(local_dir, _int8_kernels())
+                except _StreamFallback:
+                    model = None
+                    _release_freed_memory()
+            if model is None:
+                model = AutoModelForImageTextToText.from_pretrained(local_dir, **kwargs)
         except (OSError, ValueError, KeyError, ImportError) as exc:
             first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
             raise ModelUnavailable(f"cannot load model from {local_dir}: {first}") from None
