@@ -10,6 +10,7 @@ import typer
 from rich.console import Console
 
 from . import RESEARCH_BANNER, __version__
+from .errors import first_line
 from .models.registry import DEFAULT_MODEL
 
 app = typer.Typer(
@@ -51,8 +52,8 @@ def batch(
 ) -> None:
     """Read every study in STUDIES and write validated JSON, HTML and PDF reports plus summary.csv."""
     from .config import RunConfig, from_env
-    from .models.base import ModelUnavailable
-    from .pipeline import UsageProblem, run_batch
+    from .errors import UsageProblem
+    from .pipeline import run_batch
 
     if modality not in ("chest_xray", "ct", "mri", "auto"):
         fail(f"--modality must be chest_xray, ct, mri or auto (got {modality!r})")
@@ -87,7 +88,7 @@ def batch(
 
     try:
         result = run_batch(config, on_progress=on_progress, on_total=on_total)
-    except (ModelUnavailable, UsageProblem) as exc:
+    except UsageProblem as exc:
         progress.stop()
         fail(str(exc))
     finally:
@@ -129,7 +130,7 @@ def extract(
     try:
         rows = extract_csv(input_csv, id_column, text_column, modality, out_csv, vocab=vocab_file)
     except (KeyError, ValueError, OSError) as exc:
-        fail(str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__)
+        fail(first_line(exc))
     out.print(f"{rows} finding rows -> {out_csv}")
 
 
@@ -148,12 +149,12 @@ def regrade(
     for path in (rules_file, vocab_file):
         if path is not None and not path.is_file():
             fail(f"file not found: {path}")
-    from .audit.maintenance import RunBusy
+    from .errors import RunBusy
 
     try:
         result = regrade_run(run_dir, vocab_file=vocab_file, rules_file=rules_file, pdf=pdf)
     except (ValueError, RunBusy) as exc:  # invalid rules/vocabulary (file:line), or the run is busy/damaged
-        fail(str(exc).splitlines()[0])
+        fail(first_line(exc))
     for problem in result.errors:
         err.print(f"[yellow]error[/] {problem}", markup=True, soft_wrap=True)
     out.print(f"{result.rewritten} reports regraded, {len(result.changed)} changed risk level")
@@ -211,8 +212,7 @@ def bench(
     """Time every stage of a batch (tokens/s, studies/min, peak memory) and compare with a seed-style loop."""
     from .bench import run_bench
     from .config import RunConfig
-    from .models.base import ModelUnavailable
-    from .pipeline import UsageProblem
+    from .errors import UsageProblem
 
     if not studies.is_dir():
         fail(f"studies folder not found: {studies}")
@@ -222,7 +222,7 @@ def bench(
     )
     try:
         doc = run_bench(config, baseline=baseline)
-    except (ModelUnavailable, UsageProblem) as exc:
+    except UsageProblem as exc:
         fail(str(exc))
     rows = doc["table"]
     from rich.table import Table

@@ -5,6 +5,7 @@ from __future__ import annotations
 import hashlib
 import os
 import tempfile
+import threading
 from pathlib import Path
 
 
@@ -59,9 +60,30 @@ def _fsync_dir(folder: Path) -> None:
         os.close(fd)
 
 
+_HASHES: dict[tuple, str] = {}
+_HASHES_LOCK = threading.Lock()
+_HASHES_MAX = 200_000
+
+
 def sha256_file(path: Path, chunk: int = 1 << 20) -> str:
+    """SHA-256 of a file's bytes, computed once per file version in this process.
+
+    Ingest, resume and the ledger all need the hash of the same input files; they are remembered
+    by (device, inode, size, mtime_ns, ctime_ns), so a file changed in between is hashed again.
+    """
+    st = os.stat(path)
+    key = (st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns)
+    with _HASHES_LOCK:
+        known = _HASHES.get(key)
+    if known is not None:
+        return known
     digest = hashlib.sha256()
     with open(path, "rb") as fh:
         while block := fh.read(chunk):
             digest.update(block)
-    return digest.hexdigest()
+    value = digest.hexdigest()
+    with _HASHES_LOCK:
+        if len(_HASHES) >= _HASHES_MAX:
+            _HASHES.clear()
+        _HASHES[key] = value
+    return value

@@ -1,23 +1,62 @@
-"""Where medvlm finds its data files (prompts, schemas) and its cache."""
+"""Where medvlm finds its data files (prompts, schemas, vocabularies, rules, templates) and its cache.
+
+One resolution order for every kind of data file: an environment variable naming a folder
+(MEDVLM_PROMPTS_DIR, MEDVLM_SCHEMAS_DIR, ...), then the copy shipped inside the installed package
+(read through importlib.resources), then the source checkout. The top-level `prompts/` and
+`schemas/` folders of the repository are the one source; a wheel build copies them into the package.
+"""
 
 from __future__ import annotations
 
 import os
+from importlib import resources
 from pathlib import Path
 
 PACKAGE_DIR = Path(__file__).resolve().parent
 PROJECT_DIR = PACKAGE_DIR.parent
 
+# Kinds kept at the repository's top level; a build puts them under medvlm/_data/<kind>.
+TOP_LEVEL_KINDS = ("prompts", "schemas")
+PACKAGED_DATA = "_data"
+
+
+def _env_name(kind: str) -> str:
+    return "MEDVLM_" + kind.replace("/", "_").upper() + "_DIR"
+
+
+def data_dir(kind: str) -> Path:
+    """The folder holding data files of `kind` ("prompts", "schemas", "findings/vocab", "risk/rules", ...)."""
+    override = os.environ.get(_env_name(kind))
+    if override:
+        return Path(override)
+    package = resources.files("medvlm")
+    packaged = package / PACKAGED_DATA / kind if kind in TOP_LEVEL_KINDS else package.joinpath(*kind.split("/"))
+    if packaged.is_dir():
+        return Path(str(packaged))
+    return PROJECT_DIR / kind
+
+
+def named_data_file(kind: str, name: str, suffix: str = ".yaml") -> Path:
+    """The data file for a name such as a modality (`chest_xray` -> .../findings/vocab/chest_xray.yaml)."""
+    return data_dir(kind) / f"{name}{suffix}"
+
 
 def prompts_dir() -> Path:
-    return Path(os.environ.get("MEDVLM_PROMPTS_DIR", PROJECT_DIR / "prompts"))
+    return data_dir("prompts")
 
 
 def schemas_dir() -> Path:
-    return Path(os.environ.get("MEDVLM_SCHEMAS_DIR", PROJECT_DIR / "schemas"))
+    return data_dir("schemas")
 
 
 def cache_dir() -> Path:
     """User cache (demo model lives here); MEDVLM_CACHE_DIR overrides."""
     default = Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "medvlm"
     return Path(os.environ.get("MEDVLM_CACHE_DIR", default))
+
+
+def resolve_data_path(name_or_path: str | Path, kind: str, names: tuple[str, ...]) -> Path:
+    """A known name (e.g. a modality) maps to the data file of that name under `kind`; anything else is a path."""
+    if isinstance(name_or_path, str) and name_or_path in names:
+        return named_data_file(kind, name_or_path)
+    return Path(name_or_path)

@@ -16,12 +16,14 @@ from . import findings as findings_mod
 from . import ingest, risk
 from .audit.run import open_run
 from .config import RunConfig
+from .errors import UsageProblem, first_line, one_line
 from .fileio import atomic_write_bytes, atomic_write_text
 from .models import Backend, load_backend
 from .models import resolve as resolve_model
 from .prompts import PromptError, PromptTemplate, load_template, render_prompt
 from .records import ModelOutput, Prompt, Study, StudyError, StudyRef, Timings
-from .report.build import build_report, utc_now
+from .clock import utc_now
+from .report.build import build_report
 from .report.index import write_index
 from .report.write import thumbnail_png, write_rendered, write_report_json
 
@@ -37,10 +39,6 @@ SUMMARY_COLUMNS = [
     "reason",
     "report",
 ]
-
-
-class UsageProblem(ValueError):
-    """A whole-run configuration problem (bad template, rules, vocabulary): exit code 2."""
 
 
 @dataclass
@@ -84,7 +82,7 @@ class Resources:
                 vocab = findings_mod.load_vocabulary(cfg.vocab_file or modality)
                 rules = risk.load_rules(cfg.rules_file or modality, vocab)
             except (PromptError, ValueError, OSError) as exc:
-                raise UsageProblem(str(exc).splitlines()[0]) from None
+                raise UsageProblem(first_line(exc)) from None
             self._cache[modality] = (template, vocab, rules)
         return self._cache[modality]
 
@@ -111,11 +109,6 @@ def write_summary(out: Path, rows: Iterable[dict]) -> None:
     for row in sorted(rows, key=lambda r: (r["source"], r["study_key"])):
         writer.writerow(row)
     atomic_write_text(out / "summary.csv", buf.getvalue())
-
-
-def _one_line(exc: BaseException) -> str:
-    text = str(exc).strip().splitlines()
-    return f"{type(exc).__name__}: {text[0]}" if text else type(exc).__name__
 
 
 def prepare(ref: StudyRef, config: RunConfig, resources: Resources) -> StudyWork | StudyError:
@@ -289,7 +282,7 @@ def _finish_safely(work: StudyWork, output: ModelOutput, backend: Backend, confi
     try:
         return finish(work, output, backend, config, resources)
     except Exception as exc:  # noqa: BLE001 - one study's report failure must not stop the batch
-        return _error_row(StudyError(work.study.ref, "report", _one_line(exc)))
+        return _error_row(StudyError(work.study.ref, "report", one_line(exc)))
 
 
 def _chunks(items: list, size: int) -> Iterator[list]:
@@ -420,7 +413,7 @@ def _run(config, resources, key, audit, result, on_progress, on_total, backend) 
                     )
             except Exception as exc:  # noqa: BLE001 - a model failure is recorded per study
                 drain(True)
-                reason = _one_line(exc)
+                reason = one_line(exc)
                 for w in ready:
                     record(_error_row(StudyError(w.study.ref, "model", reason)), w.study.ref)
                 write_summary(out, result.rows)

@@ -12,7 +12,8 @@ import yaml
 from jinja2 import StrictUndefined, TemplateError
 from jinja2.sandbox import SandboxedEnvironment
 
-from .paths import prompts_dir
+from .errors import first_line
+from .paths import named_data_file
 from .records import MODALITIES, Prompt, Study
 
 
@@ -36,7 +37,7 @@ def template_path(modality_or_path: str | Path) -> Path:
         return candidate
     if str(modality_or_path) not in MODALITIES:
         raise PromptError(f"unknown modality {modality_or_path!r}; expected one of {', '.join(MODALITIES)}")
-    return prompts_dir() / f"{modality_or_path}.yaml"
+    return named_data_file("prompts", str(modality_or_path))
 
 
 @lru_cache(maxsize=32)
@@ -45,7 +46,7 @@ def _load(path: Path, mtime_ns: int) -> PromptTemplate:
     try:
         data = yaml.safe_load(raw)
     except yaml.YAMLError as exc:
-        raise PromptError(f"{path}: not valid YAML ({str(exc).splitlines()[0]})") from None
+        raise PromptError(f"{path}: not valid YAML ({first_line(exc)})") from None
     if not isinstance(data, dict):
         raise PromptError(f"{path}: expected a mapping with id, modality, system, user")
     missing = [k for k in ("id", "modality", "system", "user") if not isinstance(data.get(k), str)]

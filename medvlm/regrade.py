@@ -10,10 +10,11 @@ from pathlib import Path
 from . import findings as findings_mod
 from . import risk
 from .audit.maintenance import RegradeAudit
+from .errors import first_line
 from .fileio import sha256_file
 from .pipeline import write_summary
 from .records import to_jsonable
-from .report.build import utc_now
+from .clock import utc_now
 from .report.index import write_index
 from .report.write import read_thumbnails, write_rendered, write_report_json
 
@@ -68,8 +69,7 @@ def regrade_run(
                     if img.get("thumbnail") and (study_dir / img["thumbnail"]).is_file():
                         written[img["thumbnail"]] = sha256_file(study_dir / img["thumbnail"])
             except (OSError, ValueError, KeyError) as exc:
-                reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-                result.errors.append(f"{key}: {reason}")
+                result.errors.append(f"{key}: {first_line(exc)}")
                 continue
             result.rewritten += 1
             if new["risk"]["level"] != doc["risk"]["level"]:

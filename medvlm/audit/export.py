@@ -7,6 +7,7 @@ import io
 import json
 from pathlib import Path
 
+from ..errors import UsageProblem
 from ..fileio import atomic_write_bytes
 from .ledger import LEDGER_NAME, latest_attempts, read_ledger
 
@@ -32,7 +33,7 @@ FINDING_COLUMNS = [
 ]
 
 
-class ExportProblem(ValueError):
+class ExportProblem(UsageProblem):
     """The run folder cannot be exported (usage error)."""
 
 

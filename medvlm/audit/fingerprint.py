@@ -9,6 +9,7 @@ from pathlib import Path
 
 from .. import __version__
 from ..config import RunConfig
+from ..errors import first_line
 from ..fileio import sha256_file
 from ..records import MODALITIES, StudyRef
 from .ledger import canonical
@@ -28,7 +29,7 @@ def model_identity(name: str) -> dict:
         resolved = resolve(name)
     except ModelUnavailable as exc:
         # The batch will fail to load it anyway; an identity that matches nothing forces a redo.
-        return {"name": name, "unavailable": str(exc).splitlines()[0]}
+        return {"name": name, "unavailable": first_line(exc)}
     if resolved.random:
         from ..models.demo import BENCH_SPEC, DEMO_SPEC
 

@@ -12,14 +12,12 @@ from pathlib import Path
 from filelock import FileLock, Timeout
 
 from .. import __version__
+from ..clock import utc_now
+from ..errors import RunBusy
 from ..fileio import atomic_write_text
 from .fingerprint import attempt_fingerprint, components_digest
 from .ledger import LEDGER_NAME, LedgerWriter, latest_attempts, read_ledger
 from .run import LOCK_NAME, OWNER_NAME, STATE_DIR
-
-
-class RunBusy(RuntimeError):
-    """The run folder is locked by a batch, or its ledger is damaged (one line)."""
 
 
 class RegradeAudit:
@@ -40,8 +38,6 @@ class RegradeAudit:
         self._writer: LedgerWriter | None = None
 
     def __enter__(self) -> "RegradeAudit":
-        from ..report.build import utc_now
-
         (self.out / STATE_DIR).mkdir(parents=True, exist_ok=True)
         try:
             self._lock.acquire()
@@ -73,8 +69,6 @@ class RegradeAudit:
 
     def __exit__(self, exc_type, exc, tb) -> None:
         from ..fileio import sha256_file
-        from ..report.build import utc_now
-
         try:
             summary = self.out / "summary.csv"
             self._writer.append(
@@ -86,8 +80,6 @@ class RegradeAudit:
 
     def record(self, key: str, row: dict, written: dict[str, str], modality: str, vocab_hash: str, rules_hash: str) -> None:
         """Append the regraded study's attempt with its new report and file hashes."""
-        from ..report.build import utc_now
-
         previous = self.latest.get(key) or {}
         components = copy.deepcopy(self._components.get(previous.get("run_id")) or {})
         resources = components.get("resources", {}).get(modality)

@@ -25,6 +25,8 @@ from filelock import FileLock, Timeout
 
 from .. import __version__
 from ..config import RunConfig
+from ..clock import utc_now
+from ..errors import RunBusy, one_line
 from ..fileio import atomic_write_text, sha256_file
 from ..records import StudyRef
 from .fingerprint import attempt_fingerprint, changed_parts, components_digest, input_hashes, run_components
@@ -62,9 +64,7 @@ class RunAudit:
         try:
             self._lock.acquire()
         except Timeout:
-            from ..pipeline import UsageProblem  # late: pipeline imports this module
-
-            raise UsageProblem(f"another medvlm batch is writing to {self.out} ({self._owner()}); "
+            raise RunBusy(f"another medvlm batch is writing to {self.out} ({self._owner()}); "
                                "wait for it to finish or use another --out") from None
         try:
             self._open()
@@ -81,8 +81,6 @@ class RunAudit:
             return "lock held"
 
     def _open(self) -> None:
-        from ..report.build import utc_now
-
         atomic_write_text(
             self.out / STATE_DIR / OWNER_NAME,
             json.dumps({"pid": os.getpid(), "host": socket.gethostname(), "started_at": utc_now(), "run_id": self.run_id}),
@@ -91,10 +89,8 @@ class RunAudit:
         bad = [p for p in state.problems if p.kind != "torn_tail"]
         if bad:
             # Appending to a broken chain would bury the evidence; the user decides what to do.
-            from ..pipeline import UsageProblem
-
             first = bad[0]
-            raise UsageProblem(
+            raise RunBusy(
                 f"{self.out / LEDGER_NAME} line {first.line}: {first.message}; run `medvlm verify {self.out}` "
                 "and move the folder aside before writing to it again"
             )
@@ -123,8 +119,6 @@ class RunAudit:
         )
 
     def __exit__(self, exc_type, exc, tb) -> None:
-        from ..report.build import utc_now
-
         try:
             if self._writer is not None:
                 summary = self.out / "summary.csv"
@@ -134,7 +128,7 @@ class RunAudit:
                         "run_id": self.run_id,
                         "time": utc_now(),
                         "completed": exc_type is None,
-                        "error": None if exc is None else f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}",
+                        "error": None if exc is None else one_line(exc),
                         "counts": dict(self._counts),
                         "redo_reasons": dict(self._redo_reasons),
                         "summary_sha256": sha256_file(summary) if summary.is_file() else None,
@@ -202,8 +196,6 @@ class RunAudit:
         `written` maps file names in the study folder to the SHA-256 the writer computed; files
         not listed are hashed from disk (they were written moments ago by this process).
         """
-        from ..report.build import utc_now
-
         files: dict[str, dict] = {}
         report = None
         if row.get("status") == "ok":

@@ -7,6 +7,7 @@ import json
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from ..errors import NotARun, first_line
 from ..fileio import sha256_file
 from .ledger import LEDGER_NAME, latest_attempts, read_ledger
 
@@ -41,10 +42,6 @@ class VerifyResult:
             f"ledger {self.records} records, head {self.head}; {self.studies} studies; "
             f"{self.reports} reports and {self.files} other files checked"
         )
-
-
-class NotARun(ValueError):
-    """The folder is not a medvlm output folder at all (usage error, exit 2)."""
 
 
 def _check_file(result: VerifyResult, run_dir: Path, rel: str, meta: dict, *, what: str, line: int) -> bool:
@@ -124,7 +121,7 @@ def _validate(result: VerifyResult, path: Path, rel: str) -> None:
     try:
         validate_report(json.loads(path.read_text(encoding="utf-8")))
     except Exception as exc:  # noqa: BLE001 - any failure is one problem line
-        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        first = first_line(exc)
         result.problems.append(Problem("report_invalid", rel, f"does not validate against the schema: {first}"))
 
 

@@ -5,9 +5,9 @@ from __future__ import annotations
 import hashlib
 import re
 from dataclasses import dataclass, field
-from importlib import resources
 from pathlib import Path
 
+from medvlm.paths import resolve_data_path
 from medvlm.findings.yamlmarks import LineDict, LineList, load_marked, reject_unknown_keys
 from medvlm.records import MODALITIES, Evidence, Finding
 
@@ -50,17 +50,6 @@ _CODE_RE = re.compile(r"^[a-z][a-z0-9_]*$")
 _VOCAB_CACHE: dict[tuple[str, str], Vocabulary] = {}
 
 
-def _package_file(kind: str, name: str) -> Path:
-    return Path(str(resources.files("medvlm") / kind / f"{name}.yaml"))
-
-
-def resolve_data_path(modality_or_path: str | Path, kind: str) -> Path:
-    """A modality name maps to the packaged file under `kind`; anything else is a path."""
-    if isinstance(modality_or_path, str) and modality_or_path in MODALITIES:
-        return _package_file(kind, modality_or_path)
-    return Path(modality_or_path)
-
-
 def phrase_to_regex(phrase: str) -> str:
     """Vocabulary phrase syntax to a whole-word regex: words, `*` word endings, or `re:` raw."""
     return rf"(?<![\w])(?:{_phrase_body(phrase)})(?![\w])"
@@ -96,7 +85,7 @@ def _string_list(value, where: str, path: Path, line: int) -> tuple[str, ...]:
 
 def load_vocabulary(modality_or_path: str | Path) -> Vocabulary:
     """Load and validate a vocabulary (a modality name or a YAML path); cached by content hash."""
-    path = resolve_data_path(modality_or_path, "findings/vocab")
+    path = resolve_data_path(modality_or_path, "findings/vocab", MODALITIES)
     if not path.is_file():
         raise VocabularyError(f"{path}:0: vocabulary file not found")
     digest = hashlib.sha256(path.read_bytes()).hexdigest()

@@ -5,11 +5,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Protocol, runtime_checkable
 
+from ..errors import ModelUnavailable  # noqa: F401 - re-exported
 from ..records import ModelOutput, Prompt, Study
-
-
-class ModelUnavailable(RuntimeError):
-    """The model cannot be used on this machine; the message is one actionable sentence."""
 
 
 @dataclass(frozen=True)

@@ -16,7 +16,7 @@ import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
-from ..paths import cache_dir, prompts_dir
+from ..paths import cache_dir, data_dir
 
 # Bumped whenever the construction below changes, so stale cached builds are rebuilt.
 BUILD_VERSION = "4"
@@ -127,7 +127,7 @@ BENCH_SPEC = RandomVLMSpec(
 def _training_corpus() -> list[str]:
     """Text the tokenizer is trained on: medvlm's own prompts and finding vocabularies."""
     texts: list[str] = []
-    roots = [prompts_dir(), Path(__file__).resolve().parent.parent / "findings" / "vocab"]
+    roots = [data_dir("prompts"), data_dir("findings/vocab")]
     for root in roots:
         if root.is_dir():
             for path in sorted(root.glob("*.yaml")):

@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import Any
 
 from ..audit.weights import weights_digest
+from ..errors import first_line
 from ..records import ModelOutput, Prompt, Study
 from .base import ModelInfo, ModelUnavailable
 from .registry import resolve
@@ -488,8 +489,7 @@ class HFBackend:
             if model is None:
                 model = AutoModelForImageTextToText.from_pretrained(local_dir, **kwargs)
         except (OSError, ValueError, KeyError, ImportError) as exc:
-            first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-            raise ModelUnavailable(f"cannot load model from {local_dir}: {first}") from None
+            raise ModelUnavailable(f"cannot load model from {local_dir}: {first_line(exc)}") from None
         model.eval()
         if "device_map" not in kwargs:
             model.to(dev)

@@ -5,19 +5,15 @@ from __future__ import annotations
 import platform
 import socket
 import subprocess
-from datetime import datetime, timezone
 from functools import lru_cache
 
 from .. import DEMO_NOTICE, DISCLAIMER, __version__
 from ..models.base import ModelInfo
+from ..clock import utc_now  # noqa: F401 - re-exported for report writers
 from ..paths import PROJECT_DIR
 from ..records import Finding, ModelOutput, Prompt, RiskGrade, Study, to_jsonable
 
 SCHEMA_VERSION = "1.0"
-
-
-def utc_now() -> str:
-    return datetime.now(timezone.utc).isoformat(timespec="milliseconds")
 
 
 @lru_cache(maxsize=1)

@@ -9,8 +9,9 @@ from pathlib import Path
 from jinja2 import Environment, FileSystemLoader, StrictUndefined, select_autoescape
 
 from .. import DEMO_NOTICE, DISCLAIMER, RESEARCH_BANNER
+from ..paths import data_dir
 
-TEMPLATES = Path(__file__).resolve().parent / "templates"
+TEMPLATES = data_dir("report/templates")
 # Most urgent first; used for badges, sorting and the index filters.
 RISK_ORDER: tuple[str, ...] = ("critical", "high", "moderate", "indeterminate", "low", "normal")
 STATUS_ORDER: tuple[str, ...] = ("present", "uncertain", "absent")

@@ -6,9 +6,10 @@ import hashlib
 from dataclasses import dataclass
 from pathlib import Path
 
-from medvlm.findings.extract import NO_FINDING, Vocabulary, VocabularyError, load_vocabulary, resolve_data_path
+from medvlm.findings.extract import NO_FINDING, Vocabulary, VocabularyError, load_vocabulary
 from medvlm.findings.yamlmarks import LineDict, LineList, load_marked, reject_unknown_keys
-from medvlm.records import RISK_LEVELS, FiredRule, Finding, RiskGrade
+from medvlm.paths import resolve_data_path
+from medvlm.records import MODALITIES, RISK_LEVELS, FiredRule, Finding, RiskGrade
 
 # Severity order of the levels a rule may fire; indeterminate sits outside the scale.
 LEVEL_ORDER = {"normal": 0, "low": 1, "moderate": 2, "high": 3, "critical": 4}
@@ -126,7 +127,7 @@ def _parse_rule(raw, path: Path, line: int, vocab: Vocabulary) -> Rule:
 
 def load_rules(modality_or_path: str | Path, vocab: Vocabulary | None = None) -> RuleSet:
     """Load and validate a rules file against a vocabulary (the file's own, unless given)."""
-    path = resolve_data_path(modality_or_path, "risk/rules")
+    path = resolve_data_path(modality_or_path, "risk/rules", MODALITIES)
     if not path.is_file():
         raise RulesError(f"{path}:0: rules file not found")
     digest = hashlib.sha256(path.read_bytes()).hexdigest()
