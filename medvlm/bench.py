@@ -117,8 +117,8 @@ def run_pipeline(config: RunConfig, label: str) -> RunFigures:
     with PeakRSS() as load_rss:
         t0 = time.perf_counter()
         backend = load_backend(
-            config.model, device=config.device, dtype=config.dtype, quant=config.quant, batch_size=config.batch_size,
-            max_new_tokens=config.max_new_tokens, images_per_study=config.max_images,
+            config.model, backend=config.backend, batch_size=config.batch_size,
+            max_new_tokens=config.max_new_tokens, images_per_study=config.max_images, **config.backend_options,
         )
         load = time.perf_counter() - t0
     with PeakRSS() as rss:
@@ -143,8 +143,8 @@ def run_pipeline(config: RunConfig, label: str) -> RunFigures:
     return RunFigures(
         label=label,
         batch_size=config.batch_size,
-        quantization=info.get("quantization", config.quant),
-        dtype=info.get("dtype", config.dtype),
+        quantization=info.get("quantization", config.option("quant")),
+        dtype=info.get("dtype", config.option("dtype")),
         studies_ok=_count(config.out, "ok"),
         studies_failed=_count(config.out, "error"),
         wall_s=wall,
@@ -166,9 +166,11 @@ def run_seed_style(config: RunConfig, label: str = "seed-style baseline") -> Run
     """The seed article's loop: load fp32, then per study decode, preprocess, generate, write, one at a time."""
     from . import ingest
     from .models import load_backend
-    from .pipeline import Resources, StudyWork, finish, prepare
+    from .report.write import write_study_files
+    from .resources import Resources
+    from .stages import StudyWork, finish, prepare
 
-    config = replace(config, batch_size=1, quant="none", dtype="float32")
+    config = replace(config, batch_size=1, backend_options={**config.backend_options, "quant": "none", "dtype": "float32"})
     out = Path(config.out)
     out.mkdir(parents=True, exist_ok=True)
     stages = dict.fromkeys(STAGES, 0.0)
@@ -176,14 +178,14 @@ def run_seed_style(config: RunConfig, label: str = "seed-style baseline") -> Run
     with PeakRSS() as load_rss:
         t_load = time.perf_counter()
         backend = load_backend(
-            config.model, device=config.device, dtype="float32", quant="none", batch_size=1,
-            max_new_tokens=config.max_new_tokens, images_per_study=config.max_images,
+            config.model, backend=config.backend, batch_size=1, max_new_tokens=config.max_new_tokens,
+            images_per_study=config.max_images, **config.backend_options,
         )
         load = time.perf_counter() - t_load
     with PeakRSS() as rss:
         t0 = time.perf_counter()
         key = ingest.load_or_create_key(out)
-        resources = Resources(config)
+        resources = Resources.for_config(config)
         refs = [r for r in ingest.discover(Path(config.studies), key, config.modality) if not hasattr(r, "stage")]
         stages["discover"] = time.perf_counter() - t0
         ok = failed = tokens = 0
@@ -194,14 +196,16 @@ def run_seed_style(config: RunConfig, label: str = "seed-style baseline") -> Run
                 continue
             prepared = backend.preprocess([(work.study, work.prompt)])
             (output,) = backend.generate_prepared(prepared, max_new_tokens=config.max_new_tokens, ignore_eos=True)
-            tokens += prepared.generated_tokens
-            work.timings.add("preprocess", prepared.preprocess_s)
-            finish(work, output, backend, config, resources)
+            timing = backend.timing(prepared)
+            tokens += timing.generated_tokens or output.new_tokens
+            work.timings.add("preprocess", timing.preprocess_s)
+            result = finish(work, output, backend.info, config, resources)
+            write_study_files(out / result.ref.key, result.files)
             ok += 1
             for name in ("decode", "preprocess", "extract", "grade"):
                 stages[name] += work.timings.stages.get(name, 0.0)
-            stages["prefill"] += prepared.prefill_s
-            stages["decode_tokens"] += prepared.decode_s
+            stages["prefill"] += timing.prefill_s or 0.0
+            stages["decode_tokens"] += timing.decode_s or 0.0
             stages["render"] += work.timings.stages.get("report", 0.0) + work.timings.stages.get("render", 0.0)
         wall = time.perf_counter() - t0
     info = backend.info

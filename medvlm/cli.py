@@ -62,7 +62,8 @@ def batch(
     explicit = {k for k, v in ctx.params.items() if ctx.get_parameter_source(k).name == "COMMANDLINE"}
     config = from_env(
         RunConfig(
-            studies=studies, out=out_dir, modality=modality, model=model, device=device, dtype=dtype, quant=quant,
+            studies=studies, out=out_dir, modality=modality, model=model,
+            backend_options={"device": device, "dtype": dtype, "quant": quant},
             max_new_tokens=max_new_tokens, batch_size=batch_size, max_images=max_images, ignore_eos=ignore_eos,
             include_phi=include_phi, force_modality=force_modality, write_pdf=pdf, prompt_file=prompt_file,
             vocab_file=vocab_file, rules_file=rules_file,
@@ -217,7 +218,8 @@ def bench(
     if not studies.is_dir():
         fail(f"studies folder not found: {studies}")
     config = RunConfig(
-        studies=studies, out=out_dir, modality=modality, model=model, device=device, dtype=dtype, quant=quant,
+        studies=studies, out=out_dir, modality=modality, model=model,
+        backend_options={"device": device, "dtype": dtype, "quant": quant},
         max_new_tokens=max_new_tokens, batch_size=batch_size, ignore_eos=True, write_pdf=pdf,
     )
     try:

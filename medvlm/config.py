@@ -3,10 +3,15 @@
 from __future__ import annotations
 
 import os
-from dataclasses import asdict, dataclass, fields, replace
+from dataclasses import asdict, dataclass, field, fields, replace
 from pathlib import Path
+from typing import Any
 
+from .errors import UsageProblem
+from .models.backends import DEFAULT_BACKEND
 from .models.registry import DEFAULT_MODEL
+
+EXECUTORS = ("local",)
 
 
 @dataclass(frozen=True)
@@ -15,9 +20,10 @@ class RunConfig:
     out: Path
     modality: str = "chest_xray"  # chest_xray, ct, mri or auto
     model: str = DEFAULT_MODEL
-    device: str = "auto"
-    dtype: str = "auto"
-    quant: str = "auto"
+    backend: str = DEFAULT_BACKEND  # a name registered in medvlm/models/backends.py
+    backend_options: dict[str, Any] = field(default_factory=dict)  # the backend's own (hf: device, dtype, quant)
+    executor: str = "local"
+    executor_options: dict[str, Any] = field(default_factory=dict)
     max_new_tokens: int = 256
     batch_size: int = 1
     max_images: int = 2
@@ -32,16 +38,41 @@ class RunConfig:
     def as_dict(self) -> dict:
         return {k: (str(v) if isinstance(v, Path) else v) for k, v in asdict(self).items()}
 
+    def option(self, name: str, default: Any = "auto") -> Any:
+        """One backend option (e.g. hf's device), or its default."""
+        return self.backend_options.get(name, default)
 
-_ENV_TYPES = {"model": str, "device": str, "dtype": str, "quant": str, "max_new_tokens": int, "batch_size": int}
+
+# MEDVLM_<NAME> variables: (RunConfig field or backend option, type).
+_ENV_FIELDS = {"model": str, "max_new_tokens": int, "batch_size": int}
+_ENV_BACKEND_OPTIONS = {"device": str, "dtype": str, "quant": str}
+
+
+def _env_value(name: str, cast):
+    key = f"MEDVLM_{name.upper()}"
+    value = os.environ.get(key)
+    if not value:
+        return None
+    try:
+        return cast(value)
+    except ValueError:
+        raise UsageProblem(f"{key}={value!r} is not a valid {cast.__name__}") from None
 
 
 def from_env(config: RunConfig, explicit: set[str]) -> RunConfig:
     """Fill options the user did not give on the command line from MEDVLM_<NAME> variables."""
-    updates = {}
+    updates: dict[str, Any] = {}
     names = {f.name for f in fields(RunConfig)}
-    for name, cast in _ENV_TYPES.items():
-        value = os.environ.get(f"MEDVLM_{name.upper()}")
-        if value and name in names and name not in explicit:
-            updates[name] = cast(value)
+    for name, cast in _ENV_FIELDS.items():
+        value = _env_value(name, cast)
+        if value is not None and name in names and name not in explicit:
+            updates[name] = value
+    options = dict(config.backend_options)
+    if config.backend == "hf":
+        for name, cast in _ENV_BACKEND_OPTIONS.items():
+            value = _env_value(name, cast)
+            if value is not None and name not in explicit:
+                options[name] = value
+    if options != config.backend_options:
+        updates["backend_options"] = options
     return replace(config, **updates) if updates else config

@@ -7,16 +7,16 @@ import json
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from . import findings as findings_mod
-from . import risk
 from .audit.maintenance import RegradeAudit
-from .errors import first_line
-from .fileio import sha256_file
-from .pipeline import write_summary
-from .records import to_jsonable
 from .clock import utc_now
+from .errors import UsageProblem, first_line
+from .fileio import sha256_file
+from .outputs import write_summary
+from .records import to_jsonable
 from .report.index import write_index
-from .report.write import read_thumbnails, write_rendered, write_report_json
+from .report.write import read_thumbnails, render_study_files, write_study_files
+from .resources import Resources
+from .stages import assess
 
 
 @dataclass
@@ -26,21 +26,17 @@ class RegradeResult:
     errors: list[str] = field(default_factory=list)  # "key: reason"
 
 
-def regrade_report(doc: dict, vocab_file: Path | None = None, rules_file: Path | None = None) -> dict:
+def regrade_report(doc: dict, vocab_file: Path | None = None, rules_file: Path | None = None,
+                   resources: Resources | None = None) -> dict:
     """A new report dict: same study, prompt and model text; findings, risk and their hashes renewed."""
     modality = doc["study"]["modality"]
-    vocab = findings_mod.load_vocabulary(vocab_file or modality)
-    rules = risk.load_rules(rules_file or modality, vocab)
-    text = doc["model_output"]["text"]
-    found = findings_mod.extract(text, modality, vocab)
-    grade = risk.grade(found, rules, doc["model_output"]["answer_status"])
+    res = (resources or Resources(vocab_file=vocab_file, rules_file=rules_file)).for_modality(modality)
+    assessment = assess(doc["model_output"]["text"], doc["model_output"]["answer_status"], modality, res)
     new = json.loads(json.dumps(doc))  # deep copy of plain JSON
-    new["findings"] = [to_jsonable(f) for f in found]
-    new["risk"] = to_jsonable(grade)
-    prov = new["provenance"]
-    prov["vocabulary"] = {"id": vocab.id, "sha256": vocab.hash, "path": str(vocab.path)}
-    prov["rules"] = {"id": rules.id, "sha256": rules.hash, "path": str(rules.path)}
-    prov["regraded_at"] = utc_now()
+    new["findings"] = [to_jsonable(f) for f in assessment.findings]
+    new["risk"] = to_jsonable(assessment.grade)
+    new["provenance"].update(res.provenance())
+    new["provenance"]["regraded_at"] = utc_now()
     return new
 
 
@@ -51,6 +47,7 @@ def regrade_run(
     run_dir = Path(run_dir)
     result = RegradeResult()
     summary = _read_summary(run_dir)
+    resources = Resources(vocab_file=vocab_file, rules_file=rules_file)
     with RegradeAudit(run_dir) as audit:
         for report_path in sorted(run_dir.glob("*/report.json")):
             study_dir = report_path.parent
@@ -60,14 +57,15 @@ def regrade_run(
                 continue  # a later attempt failed; this report is stale and verify says so
             try:
                 doc = json.loads(report_path.read_text(encoding="utf-8"))
-                new = regrade_report(doc, vocab_file, rules_file)
-                written = {"report.json": write_report_json(study_dir, new)}
-                written.update(write_rendered(study_dir, new, read_thumbnails(study_dir, new), pdf=pdf))
+                new = regrade_report(doc, resources=resources)
+                written = write_study_files(study_dir, render_study_files(new, read_thumbnails(study_dir, new), pdf=pdf))
                 if not pdf and (study_dir / "report.pdf").exists():
                     (study_dir / "report.pdf").unlink()  # a PDF of the old grade would contradict the JSON
                 for img in new["images"]:
                     if img.get("thumbnail") and (study_dir / img["thumbnail"]).is_file():
                         written[img["thumbnail"]] = sha256_file(study_dir / img["thumbnail"])
+            except UsageProblem:
+                raise  # a bad vocabulary or rules file: the whole command stops with one line
             except (OSError, ValueError, KeyError) as exc:
                 result.errors.append(f"{key}: {first_line(exc)}")
                 continue
@@ -78,9 +76,10 @@ def regrade_run(
             if row is not None:
                 row["risk_level"] = new["risk"]["level"]
                 row["present_findings"] = ";".join(sorted({f["code"] for f in new["findings"] if f["status"] == "present"}))
-            prov = new["provenance"]
-            audit.record(key, dict(row or {"study_key": key, "status": "ok"}), written, new["study"]["modality"],
-                         prov["vocabulary"]["sha256"], prov["rules"]["sha256"])
+            modality = new["study"]["modality"]
+            hashes = resources.for_modality(modality).hashes()
+            audit.record(key, dict(row or {"study_key": key, "status": "ok"}), written, modality,
+                         {"vocabulary": hashes["vocabulary"], "rules": hashes["rules"]})
             if on_report:
                 on_report(study_dir, doc, new)
         if summary:

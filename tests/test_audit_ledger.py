@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 
 from medvlm.audit.ledger import GENESIS, LedgerWriter, read_ledger, record_hash
-from medvlm.audit.weights import weights_digest
+from medvlm.models.checkpoint import weights_digest
 
 
 def _ledger(tmp_path, n=4):

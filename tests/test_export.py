@@ -12,14 +12,14 @@ from audit_support import make_png_studies, read_summary
 from medvlm.audit.export import FINDING_COLUMNS, STUDY_COLUMNS, build_tables
 from medvlm.cli import app
 from medvlm.config import RunConfig
-from medvlm.models.base import ModelInfo
+from medvlm.models.base import BackendBase, ModelInfo
 from medvlm.pipeline import run_batch
 from medvlm.records import ModelOutput
 
 runner = CliRunner()
 
 
-class FixedTextBackend:
+class FixedTextBackend(BackendBase):
     """Answers every study with the same report text, so the findings table has known rows."""
 
     info = ModelInfo(

@@ -11,7 +11,7 @@ import pytest
 
 from medvlm import DEMO_NOTICE, RESEARCH_BANNER
 from medvlm.report.index import write_index
-from medvlm.report.write import write_rendered, write_report_json
+from medvlm.report.write import render_study_files, write_study_files
 
 from report_support import XSS_IMG, XSS_SCRIPT, make_report
 
@@ -65,10 +65,7 @@ def batch(tmp_path_factory) -> tuple[Path, list[dict]]:
     ):
         doc, thumbs = make_report(key=key, level=level, text=text)
         study_dir = out / key
-        write_report_json(study_dir, doc)
-        for name, png in thumbs.items():
-            (study_dir / name).write_bytes(png)
-        write_rendered(study_dir, doc, thumbs, pdf=False)
+        write_study_files(study_dir, {**thumbs, **render_study_files(doc, thumbs, pdf=False)})
         rows.append(ok_row(key, level, doc))
     rows += [
         bad_row("study-err1", "error", "ingest", f"InvalidDicomError: no preamble {XSS_SCRIPT}"),

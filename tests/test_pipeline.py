@@ -15,7 +15,7 @@ import numpy as np
 from PIL import Image
 
 from medvlm.config import RunConfig
-from medvlm.models.base import ModelInfo
+from medvlm.models.base import BackendBase, ModelInfo
 from medvlm.pipeline import run_batch
 from medvlm.records import ModelOutput
 from medvlm.report.validate import validate_report
@@ -26,7 +26,7 @@ INFO = ModelInfo(
 )
 
 
-class ScriptedBackend:
+class ScriptedBackend(BackendBase):
     """Answers by study source: a canned text and how the answer ended, or an exception."""
 
     info = INFO

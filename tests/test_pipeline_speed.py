@@ -11,9 +11,9 @@ from pathlib import Path
 import pytest
 from PIL import Image
 
-from medvlm import pipeline
+from medvlm import ingest, pipeline, stages
 from medvlm.config import RunConfig
-from medvlm.models.base import ModelInfo
+from medvlm.models.base import BackendBase, BatchTiming, ModelInfo
 from medvlm.records import ImageInput, ModelOutput, Study, StudyContext, StudyError, StudyRef
 
 N = 7
@@ -53,7 +53,7 @@ class Prepared:
         self.preprocess_s, self.prefill_s, self.decode_s, self.generated_tokens = 0.01, 0.0, 0.0, 0
 
 
-class FakeBackend:
+class FakeBackend(BackendBase):
     """Records when each batch was preprocessed and generated, and on which thread."""
 
     info = ModelInfo("fake", "fake", None, None, True, "float32", "none", "cpu")
@@ -77,12 +77,15 @@ class FakeBackend:
         self.events.append(("generate-end", prepared.keys[0], time.perf_counter(), threading.current_thread().name))
         return [ModelOutput("No acute findings.", "complete", 10, max_new_tokens) for _ in prepared.keys]
 
+    def timing(self, prepared):
+        return BatchTiming(prepared.preprocess_s, prepared.prefill_s, prepared.decode_s, prepared.generated_tokens)
+
 
 @pytest.fixture
 def fake_ingest(monkeypatch):
     fake = FakeIngest()
     for name in ("discover", "load_study", "resolve_modality", "load_or_create_key"):
-        monkeypatch.setattr(pipeline.ingest, name, getattr(fake, name), raising=False)
+        monkeypatch.setattr(ingest, name, getattr(fake, name), raising=False)
     return fake
 
 
@@ -91,18 +94,18 @@ def slow_finish(monkeypatch):
     """finish() that takes a while (like a PDF) and fails for study s03; records the order it ran in."""
     order: list[str] = []
 
-    def finish(work, output, backend, config, resources):
+    def finish(work, output, model, config, resources):
         time.sleep(0.03)
         order.append(work.study.ref.key)
         if work.study.ref.key == "s03":
             raise RuntimeError("pdf renderer crashed")
-        return {
+        return stages.StudyResult(work.study.ref, {
             "study_key": work.study.ref.key, "source": work.study.ref.source, "modality": work.modality,
             "status": "ok", "risk_level": "normal", "present_findings": "", "answer_status": output.answer_status,
             "stage": "", "reason": "", "report": f"{work.study.ref.key}/report.json",
-        }
+        })
 
-    monkeypatch.setattr(pipeline, "finish", finish)
+    monkeypatch.setattr(stages, "finish", finish)
     monkeypatch.setattr(pipeline, "write_run_record", lambda *a, **k: None)
     monkeypatch.setattr(pipeline, "write_index", lambda *a, **k: None, raising=False)
     return order
@@ -152,7 +155,7 @@ def test_studies_are_released_once_written(tmp_path, fake_ingest, slow_finish):
 def test_ingest_and_preprocess_failures_become_rows(tmp_path, monkeypatch, slow_finish):
     fake = FakeIngest(bad=(1,))
     for name in ("discover", "load_study", "resolve_modality", "load_or_create_key"):
-        monkeypatch.setattr(pipeline.ingest, name, getattr(fake, name), raising=False)
+        monkeypatch.setattr(ingest, name, getattr(fake, name), raising=False)
     result = pipeline.run_batch(_config(tmp_path), backend=FakeBackend(fail_preprocess="s04"))
     by_key = {r["study_key"]: r for r in result.rows}
     assert len(by_key) == N
@@ -168,12 +171,13 @@ def test_slow_reports_hold_back_the_model_instead_of_piling_up(tmp_path, fake_in
     live: list[int] = []
     alive = set()
 
-    def finish(work, output, backend, config, resources):
+    def finish(work, output, model, config, resources):
         time.sleep(0.05)
         alive.discard(work.study.ref.key)
-        return {"study_key": work.study.ref.key, "source": work.study.ref.source, "modality": work.modality,
-                "status": "ok", "risk_level": "", "present_findings": "", "answer_status": "", "stage": "",
-                "reason": "", "report": ""}
+        return stages.StudyResult(work.study.ref, {
+            "study_key": work.study.ref.key, "source": work.study.ref.source, "modality": work.modality,
+            "status": "ok", "risk_level": "", "present_findings": "", "answer_status": "", "stage": "",
+            "reason": "", "report": ""})
 
     class Tracking(FakeBackend):
         def generate_prepared(self, prepared, **kw):
@@ -181,7 +185,7 @@ def test_slow_reports_hold_back_the_model_instead_of_piling_up(tmp_path, fake_in
             live.append(len(alive))
             return super().generate_prepared(prepared, **kw)
 
-    monkeypatch.setattr(pipeline, "finish", finish)
+    monkeypatch.setattr(stages, "finish", finish)
     fake_ingest.n = 20
     result = pipeline.run_batch(_config(tmp_path, batch_size=2), backend=Tracking(generate_s=0.0))
     assert len(result.rows) == 20

@@ -6,7 +6,9 @@ import pytest
 import torch
 
 from medvlm.models import ModelUnavailable, load_backend
-from medvlm.models import hf
+from medvlm.models.hf import int8 as hf_int8
+from medvlm.models.hf import options as hf_options
+from medvlm.models.hf import streamed_load
 
 
 def _study(n_images: int = 1):
@@ -20,36 +22,36 @@ def _study(n_images: int = 1):
 
 
 def test_auto_picks_per_device(monkeypatch):
-    monkeypatch.setattr(hf, "_bnb_available", lambda: True)
-    assert hf._pick_quant("auto", "cuda") == "int4"
-    assert hf._pick_quant("auto", "cuda:1") == "int4"
-    assert hf._pick_quant("auto", "cpu") == "int8"
-    monkeypatch.setattr(hf, "_bnb_available", lambda: False)
-    assert hf._pick_quant("auto", "cuda") == "none"  # bf16/fp16 without bitsandbytes
-    assert hf._pick_quant("int8", "cuda") == "int8"
+    monkeypatch.setattr(hf_options, "bnb_available", lambda: True)
+    assert hf_options.pick_quant("auto", "cuda") == "int4"
+    assert hf_options.pick_quant("auto", "cuda:1") == "int4"
+    assert hf_options.pick_quant("auto", "cpu") == "int8"
+    monkeypatch.setattr(hf_options, "bnb_available", lambda: False)
+    assert hf_options.pick_quant("auto", "cuda") == "none"  # bf16/fp16 without bitsandbytes
+    assert hf_options.pick_quant("int8", "cuda") == "int8"
 
 
 def test_dtype_auto_per_device(monkeypatch):
-    assert hf._pick_dtype("auto", "cpu") == torch.float32
+    assert hf_options.pick_dtype("auto", "cpu") == torch.float32
     monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda *a, **k: False)
-    assert hf._pick_dtype("auto", "cuda") == torch.float16
+    assert hf_options.pick_dtype("auto", "cuda") == torch.float16
     monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda *a, **k: True)
-    assert hf._pick_dtype("auto", "cuda") == torch.bfloat16
-    assert hf._pick_dtype("bfloat16", "cpu") == torch.bfloat16
+    assert hf_options.pick_dtype("auto", "cuda") == torch.bfloat16
+    assert hf_options.pick_dtype("bfloat16", "cpu") == torch.bfloat16
 
 
 def test_bitsandbytes_configs():
     pytest.importorskip("transformers")
-    eight = hf._bnb_config("int8", torch.bfloat16)
-    four = hf._bnb_config("int4", torch.bfloat16)
+    eight = hf_options.bnb_config("int8", torch.bfloat16)
+    four = hf_options.bnb_config("int4", torch.bfloat16)
     assert eight.load_in_8bit and not eight.load_in_4bit
     assert four.load_in_4bit and four.bnb_4bit_quant_type == "nf4" and four.bnb_4bit_compute_dtype == torch.bfloat16
 
 
 def test_cuda_quant_without_bitsandbytes_names_the_install(monkeypatch, demo_model_dir):
-    monkeypatch.setattr(hf, "_pick_device", lambda d: "cuda")
-    monkeypatch.setattr(hf, "_pick_dtype", lambda d, dev, mode="none": torch.bfloat16)
-    monkeypatch.setattr(hf, "_bnb_available", lambda: False)
+    monkeypatch.setattr(hf_options, "pick_device", lambda d: "cuda")
+    monkeypatch.setattr(hf_options, "pick_dtype", lambda d, dev, mode="none": torch.bfloat16)
+    monkeypatch.setattr(hf_options, "bnb_available", lambda: False)
     with pytest.raises(ModelUnavailable, match="bitsandbytes"):
         load_backend("demo", quant="int8", check_memory=False)
 
@@ -81,7 +83,7 @@ def test_int8_converts_language_model_linears_and_records_it(demo_backend):
     assert not any(type(m) is torch.nn.Linear for m in language.modules())
     assert isinstance(model.lm_head, QLinear)
     vision = model.model.vision_tower
-    assert not any(isinstance(m, (QLinear, hf.HybridInt8Linear)) for m in vision.modules())  # vision stays float
+    assert not any(isinstance(m, (QLinear, hf_int8.HybridInt8Linear)) for m in vision.modules())  # vision stays float
     assert all(p.dtype == torch.bfloat16 for p in vision.parameters())
     assert all(p.dtype == torch.float32 for p in language.parameters())
     assert demo_backend._pixel_dtype == torch.bfloat16
@@ -96,7 +98,7 @@ def test_hybrid_linear_matches_fp32_and_picks_kernels_by_rows():
     ref_small, ref_large = torch.randn(2, 64), torch.randn(4, 40, 64)
     with torch.no_grad():
         want_small, want_large = linear(ref_small), linear(ref_large)
-        hybrid = hf.HybridInt8Linear(linear)
+        hybrid = hf_int8.HybridInt8Linear(linear)
         got_small, got_large = hybrid(ref_small), hybrid(ref_large)
     assert got_large.shape == (4, 40, 48)
     for got, want in ((got_small, want_small), (got_large, want_large)):
@@ -104,7 +106,7 @@ def test_hybrid_linear_matches_fp32_and_picks_kernels_by_rows():
 
 
 def test_unknown_int8_kernels_setting_is_refused(monkeypatch, demo_model_dir):
-    monkeypatch.setenv(hf.INT8_KERNELS_ENV, "magic")
+    monkeypatch.setenv(hf_int8.INT8_KERNELS_ENV, "magic")
     with pytest.raises(ModelUnavailable, match="hybrid, fbgemm or onednn"):
         load_backend("demo", quant="int8")
 
@@ -145,11 +147,11 @@ def _greedy_ids(backend, n: int = 8):
 
 def test_streamed_int8_load_matches_from_pretrained_then_quantize(monkeypatch, demo_model_dir):
     streamed = []
-    real = hf._load_cpu_int8_streamed
-    monkeypatch.setattr(hf, "_load_cpu_int8_streamed", lambda *a: streamed.append(1) or real(*a))
+    real = streamed_load.load_cpu_int8_streamed
+    monkeypatch.setattr(streamed_load, "load_cpu_int8_streamed", lambda *a: streamed.append(1) or real(*a))
     new = load_backend("demo", quant="int8")
     assert streamed == [1]
-    monkeypatch.setenv(hf.STREAMED_LOAD_ENV, "0")
+    monkeypatch.setenv(streamed_load.STREAMED_LOAD_ENV, "0")
     old = load_backend("demo", quant="int8")
     assert streamed == [1]  # the old path did not stream
     assert new.info.quantization == old.info.quantization
@@ -174,13 +176,13 @@ def test_streamed_int8_load_falls_back_when_checkpoint_keys_do_not_match(tmp_pat
     key = next(k for k in tensors if "layers.0." in k)
     tensors[key.replace("layers.0.", "layers.0.legacy_")] = tensors.pop(key)
     save_file(tensors, copy / "model.safetensors", metadata={"format": "pt"})
-    with pytest.raises(hf._StreamFallback, match="does not match"):
-        hf._load_cpu_int8_streamed(copy, "fbgemm")
+    with pytest.raises(streamed_load.StreamFallback, match="does not match"):
+        streamed_load.load_cpu_int8_streamed(copy, "fbgemm")
     backend = load_backend(str(copy), quant="int8")  # falls back to from_pretrained (which renames or warns)
     assert "int8" in backend.info.quantization
     tensors[key] = tensors[key.replace("layers.0.", "layers.0.legacy_")]
     del tensors[key.replace("layers.0.", "layers.0.legacy_")]
     tensors.pop(next(k for k in tensors if "vision_tower" in k))
     save_file(tensors, copy / "model.safetensors", metadata={"format": "pt"})
-    with pytest.raises(hf._StreamFallback, match="not in the checkpoint"):
-        hf._load_cpu_int8_streamed(copy, "fbgemm")
+    with pytest.raises(streamed_load.StreamFallback, match="not in the checkpoint"):
+        streamed_load.load_cpu_int8_streamed(copy, "fbgemm")

@@ -12,7 +12,7 @@ import pytest
 from medvlm import DEMO_NOTICE, RESEARCH_BANNER
 from medvlm.report.html import mark_segments, render_report_html
 from medvlm.report.pdf import BlockedResource, html_to_pdf, refuse_external
-from medvlm.report.write import write_rendered, write_report_json
+from medvlm.report.write import render_study_files, write_study_files
 
 from report_support import XSS_IMG, XSS_SCRIPT, make_report
 
@@ -185,11 +185,10 @@ def test_pdf_renderer_refuses_references_in_a_template():
 
 def test_write_rendered_writes_html_and_pdf_from_one_template_family(tmp_path):
     doc, thumbs = make_report()
-    write_report_json(tmp_path, doc)  # the test document is schema-valid
-    hashes = write_rendered(tmp_path, doc, thumbs)
-    assert set(hashes) == {"report.html", "report.pdf"}
+    hashes = write_study_files(tmp_path, render_study_files(doc, thumbs))  # the test document is schema-valid
+    assert set(hashes) == {"report.json", "report.html", "report.pdf"}
     html = (tmp_path / "report.html").read_text(encoding="utf-8")
     pdf_text = " ".join(pdf_pages((tmp_path / "report.pdf").read_bytes()))
     for needle in ("Small left pleural effusion.", "Provenance", "Prompt sent to the model", doc["study"]["key"]):
         assert needle in html and needle in pdf_text
-    assert write_rendered(tmp_path, doc, thumbs, pdf=False).keys() == {"report.html"}
+    assert render_study_files(doc, thumbs, pdf=False).keys() == {"report.json", "report.html"}

@@ -82,7 +82,7 @@ def test_edited_thumbnail_and_summary_are_named(run_dir):
 
 
 def test_a_batch_refuses_to_append_to_a_broken_chain(run_dir, tmp_path, demo_backend):
-    from medvlm.pipeline import UsageProblem
+    from medvlm.errors import UsageProblem
 
     ledger = run_dir / "ledger.jsonl"
     lines = ledger.read_text().splitlines()

@@ -4,11 +4,11 @@ from __future__ import annotations
 
 import json
 import os
-import struct
 from dataclasses import dataclass
 from pathlib import Path
 
 from .base import ModelUnavailable
+from .checkpoint import read_safetensors_header, safetensors_files
 
 GB = 1024**3
 DTYPE_BYTES = {"F64": 8, "F32": 4, "F16": 2, "BF16": 2, "I64": 8, "I32": 4, "I16": 2, "I8": 1, "U8": 1, "BOOL": 1}
@@ -57,15 +57,6 @@ class MemoryEstimate:
         return max(self.load_peak, self.weights + self.activations) + self.overhead
 
 
-def read_safetensors_header(path: Path) -> dict:
-    """The JSON header of one .safetensors file: name -> {dtype, shape, data_offsets}."""
-    with open(path, "rb") as f:
-        (size,) = struct.unpack("<Q", f.read(8))
-        header = json.loads(f.read(size))
-    header.pop("__metadata__", None)
-    return header
-
-
 def _numel(shape) -> int:
     n = 1
     for s in shape:
@@ -80,14 +71,14 @@ def _text_config(config: dict) -> dict:
 def param_counts(model_dir: Path) -> ParamCounts:
     """Count parameters from safetensors headers; raises ModelUnavailable if there are none."""
     model_dir = Path(model_dir)
-    files = sorted(model_dir.glob("*.safetensors"))
+    files = safetensors_files(model_dir)
     if not files:
         raise ModelUnavailable(f"{model_dir} has no .safetensors weights; medvlm can only size and load safetensors.")
     total = quantizable = stored = 0
     names: set[str] = set()
     embed = 0
     for path in files:
-        for name, meta in read_safetensors_header(path).items():
+        for name, meta in read_safetensors_header(path)[1].items():
             n = _numel(meta["shape"])
             names.add(name)
             total += n

@@ -6,7 +6,7 @@ import os
 from dataclasses import dataclass
 from pathlib import Path
 
-from .base import ModelUnavailable
+from ..errors import ModelUnavailable, first_line
 
 DEFAULT_MODEL = "medgemma-4b"
 
@@ -92,6 +92,34 @@ def resolve(name_or_path: str) -> ResolvedModel:
         )
     path, revision = cached
     return ResolvedModel(preset.name if preset else name_or_path, hub_id, path, revision, None)
+
+
+def model_identity(name: str) -> dict:
+    """Which weights `--model name` would load: source, revision, config and weights digests (nothing loaded)."""
+    import hashlib
+
+    from .checkpoint import weights_digest
+
+    try:
+        resolved = resolve(name)
+    except ModelUnavailable as exc:
+        # Loading will fail anyway; an identity that matches nothing forces a redo.
+        return {"name": name, "unavailable": first_line(exc)}
+    if resolved.random:
+        from .demo import BENCH_SPEC, DEMO_SPEC
+
+        spec = DEMO_SPEC if resolved.random == "demo" else BENCH_SPEC
+        # Built deterministically from its spec (fixed seed), so the spec digest names the weights.
+        return {"name": resolved.name, "source": resolved.source, "random_spec": f"{spec.name}-{spec.digest()}"}
+    local = Path(resolved.local_dir)
+    config = local / "config.json"
+    return {
+        "name": resolved.name,
+        "source": resolved.source,
+        "revision": resolved.revision,
+        "config_sha256": hashlib.sha256(config.read_bytes()).hexdigest() if config.is_file() else None,
+        "weights_digest": weights_digest(local),
+    }
 
 
 def availability() -> list[dict]:

@@ -54,6 +54,8 @@ def model_provenance(info: ModelInfo) -> dict:
             "weights_digest": info.weights_digest,
             "parameters": info.parameters,
             "architecture": info.details.get("architecture"),
+            "backend": info.backend,
+            "identity": info.identity or None,
         },
         "dtype": info.dtype,
         "quantization": info.quantization,

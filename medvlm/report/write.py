@@ -8,7 +8,7 @@ from pathlib import Path
 
 from PIL import Image
 
-from ..fileio import atomic_write_bytes, atomic_write_text
+from ..fileio import atomic_write_bytes
 from .html import render_report_html
 from .validate import validate_report
 
@@ -28,23 +28,27 @@ def report_json_bytes(doc: dict) -> bytes:
     return (json.dumps(doc, indent=2, ensure_ascii=False) + "\n").encode("utf-8")
 
 
-def write_report_json(study_dir: Path, doc: dict) -> str:
-    """Validate, then write report.json; returns its SHA-256. Nothing is written if invalid."""
+def render_study_files(doc: dict, thumbs: dict[str, bytes], *, pdf: bool = True) -> dict[str, bytes]:
+    """report.json (validated first: an invalid report raises and nothing is produced), report.html and
+    optionally report.pdf, from one template family; returns file name -> bytes."""
     validate_report(doc)
-    return atomic_write_bytes(Path(study_dir) / "report.json", report_json_bytes(doc))
-
-
-def write_rendered(study_dir: Path, doc: dict, thumbs: dict[str, bytes], *, pdf: bool = True) -> dict[str, str]:
-    """report.html and (optionally) report.pdf from the same template family; returns name -> sha256."""
-    study_dir = Path(study_dir)
-    hashes = {"report.html": atomic_write_text(study_dir / "report.html", render_report_html(doc, thumbs))}
+    files = {"report.json": report_json_bytes(doc), "report.html": render_report_html(doc, thumbs).encode("utf-8")}
     if pdf:
         from .pdf import html_to_pdf
 
-        hashes["report.pdf"] = atomic_write_bytes(
-            study_dir / "report.pdf", html_to_pdf(render_report_html(doc, thumbs, for_pdf=True))
-        )
-    return hashes
+        files["report.pdf"] = html_to_pdf(render_report_html(doc, thumbs, for_pdf=True))
+    return files
+
+
+# Written in this order so a report.json never exists without the images it names.
+_WRITE_ORDER = {"report.json": 1, "report.html": 2, "report.pdf": 3}
+
+
+def write_study_files(study_dir: Path, files: dict[str, bytes]) -> dict[str, str]:
+    """Write a study's files atomically (images first, report.json before its renderings); name -> SHA-256."""
+    study_dir = Path(study_dir)
+    return {name: atomic_write_bytes(study_dir / name, files[name])
+            for name in sorted(files, key=lambda n: (_WRITE_ORDER.get(n, 0), n))}
 
 
 def read_thumbnails(study_dir: Path, doc: dict) -> dict[str, bytes]:

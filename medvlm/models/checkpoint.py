@@ -1,9 +1,14 @@
-"""Digest of the weight files in a model directory (cached, so it is computed once per file version)."""
+"""A model directory's weight files: which they are, their safetensors headers, and their digest.
+
+The one place that lists weight files and parses safetensors headers (the memory estimate, the
+streamed int8 loader and provenance all read them through here).
+"""
 
 from __future__ import annotations
 
 import hashlib
 import json
+import struct
 from pathlib import Path
 
 from ..fileio import atomic_write_text, sha256_file
@@ -13,13 +18,40 @@ WEIGHT_PATTERNS = ("*.safetensors", "*.bin", "*.pt", "*.gguf")
 CACHE_NAME = "weights-sha256.json"
 
 
-def weight_files(local_dir: Path) -> list[Path]:
-    """Weight files under a model directory; safetensors when present, else the older formats."""
+SAFETENSORS_INDEX = "model.safetensors.index.json"
+
+
+def safetensors_files(local_dir: Path) -> list[Path]:
+    """The checkpoint's .safetensors files: those the shard index names, else every one in the folder."""
     local_dir = Path(local_dir)
-    safetensors = sorted(p for p in local_dir.rglob("*.safetensors") if p.is_file())
+    index = local_dir / SAFETENSORS_INDEX
+    if index.is_file():
+        try:
+            names = sorted(set(json.loads(index.read_text())["weight_map"].values()))
+        except (OSError, ValueError, KeyError, TypeError, AttributeError):
+            names = []
+        files = [local_dir / n for n in names]
+        if files and all(f.is_file() for f in files):
+            return files
+    return sorted(p for p in local_dir.glob("*.safetensors") if p.is_file())
+
+
+def weight_files(local_dir: Path) -> list[Path]:
+    """Weight files of a model directory; safetensors when present, else the older formats."""
+    local_dir = Path(local_dir)
+    safetensors = safetensors_files(local_dir)
     if safetensors:
         return safetensors
-    return sorted({p for pattern in WEIGHT_PATTERNS[1:] for p in local_dir.rglob(pattern) if p.is_file()})
+    return sorted({p for pattern in WEIGHT_PATTERNS[1:] for p in local_dir.glob(pattern) if p.is_file()})
+
+
+def read_safetensors_header(path: Path) -> tuple[int, dict[str, dict]]:
+    """(offset of the data section, {name: {dtype, shape, data_offsets}}) of one .safetensors file."""
+    with open(path, "rb") as f:
+        (size,) = struct.unpack("<Q", f.read(8))
+        header = json.loads(f.read(size))
+    header.pop("__metadata__", None)
+    return 8 + size, header
 
 
 def _load_cache(path: Path) -> dict:

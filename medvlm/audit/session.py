@@ -1,0 +1,157 @@
+"""The audited-run lifecycle every command that writes into a run folder shares (batch, regrade, ...).
+
+Entering a session: take the run lock (another holder -> RunBusy with who holds it), write the
+owner file, read the ledger, refuse a damaged chain (the user decides what to do with evidence),
+repair a torn last line, append `run_start`. Leaving: append `run_end` (with the summary's hash and
+whether it completed) and release the lock. Subclasses add their own records in between.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import socket
+import threading
+import uuid
+from pathlib import Path
+
+from filelock import FileLock, Timeout
+
+from .. import __version__
+from ..clock import utc_now
+from ..errors import RunBusy, one_line
+from ..fileio import atomic_write_text, sha256_file
+from .ledger import LEDGER_NAME, LedgerState, LedgerWriter, latest_attempts, read_ledger
+
+log = logging.getLogger("medvlm.audit")
+
+STATE_DIR = ".medvlm"
+LOCK_NAME = "batch.lock"
+OWNER_NAME = "batch.owner.json"
+
+
+class LedgerSession:
+    """Holds the run lock and the ledger writer between run_start and run_end."""
+
+    purpose = "batch"
+
+    def __init__(self, out: Path):
+        self.out = Path(out)
+        self.run_id = uuid.uuid4().hex
+        self._lock = FileLock(str(self.out / STATE_DIR / LOCK_NAME), timeout=0)
+        self._writer: LedgerWriter | None = None
+        self.state: LedgerState | None = None
+        self.latest: dict[str, dict] = {}  # study key -> latest attempt record
+        self.run_components: dict[str, dict | None] = {}  # run_id -> components, from run_start records
+        self._append_lock = threading.Lock()  # records may come from helper threads
+
+    # -- what subclasses add ------------------------------------------------------------------
+
+    def start_fields(self) -> dict:
+        """Extra fields of this session's run_start record."""
+        return {}
+
+    def end_fields(self) -> dict:
+        """Extra fields of this session's run_end record."""
+        return {}
+
+    def busy_message(self) -> str:
+        return (f"another medvlm {self._owner_purpose()} is writing to {self.out} ({self._owner()}); "
+                "wait for it to finish or use another --out")
+
+    def _owner_info(self) -> dict:
+        try:
+            info = json.loads((self.out / STATE_DIR / OWNER_NAME).read_text())
+        except (OSError, ValueError):
+            return {}
+        return info if isinstance(info, dict) else {}
+
+    def _owner_purpose(self) -> str:
+        purpose = self._owner_info().get("purpose", "batch")
+        return purpose if isinstance(purpose, str) and purpose.isidentifier() else "batch"
+
+    # -- lifecycle ------------------------------------------------------------------------------
+
+    def __enter__(self):
+        (self.out / STATE_DIR).mkdir(parents=True, exist_ok=True)
+        try:
+            self._lock.acquire()
+        except Timeout:
+            raise RunBusy(self.busy_message()) from None
+        try:
+            self._open()
+        except BaseException:
+            self._lock.release()
+            raise
+        return self
+
+    def _owner(self) -> str:
+        info = self._owner_info()
+        try:
+            return f"pid {info['pid']} on {info['host']} since {info['started_at']}"
+        except KeyError:
+            return "lock held"
+
+    def _open(self) -> None:
+        atomic_write_text(
+            self.out / STATE_DIR / OWNER_NAME,
+            json.dumps({"pid": os.getpid(), "host": socket.gethostname(), "started_at": utc_now(),
+                        "run_id": self.run_id, "purpose": self.purpose}),
+        )
+        state = read_ledger(self.out / LEDGER_NAME)
+        bad = [p for p in state.problems if p.kind != "torn_tail"]
+        if bad:
+            # Appending to a broken chain would bury the evidence; the user decides what to do.
+            first = bad[0]
+            raise RunBusy(
+                f"{self.out / LEDGER_NAME} line {first.line}: {first.message}; run `medvlm verify {self.out}` "
+                "and move the folder aside before writing to it again"
+            )
+        self.state = state
+        self._writer = LedgerWriter(state, torn_dir=self.out / STATE_DIR / "torn")
+        repaired = self._writer.repair_torn_tail()
+        if repaired:
+            log.warning("ledger: removed a torn last record (%d bytes, saved to %s)", repaired["torn_bytes"], repaired["saved_to"])
+        for record in state.records:
+            if record.get("kind") == "run_start":
+                self.run_components[record["run_id"]] = record.get("components")
+        self.latest = latest_attempts(state.records)
+        self.append({"kind": "run_start", "run_id": self.run_id, "purpose": self.purpose, "time": utc_now(),
+                     "medvlm_version": __version__, "host": socket.gethostname(), "pid": os.getpid(),
+                     **self.start_fields()})
+
+    def __exit__(self, exc_type, exc, tb) -> None:
+        try:
+            if self._writer is not None:
+                summary = self.out / "summary.csv"
+                self.append({"kind": "run_end", "run_id": self.run_id, "purpose": self.purpose, "time": utc_now(),
+                             "completed": exc_type is None, "error": None if exc is None else one_line(exc),
+                             "summary_sha256": sha256_file(summary) if summary.is_file() else None,
+                             **self.end_fields()})
+        finally:
+            self._lock.release()
+
+    def append(self, record: dict) -> dict:
+        """Append one record to the chain (thread-safe); returns it with seq, prev and hash."""
+        with self._append_lock:
+            written = self._writer.append(record)
+            if record.get("kind") == "attempt":
+                self.latest[record["study_key"]] = written
+            return written
+
+
+def file_entries(out: Path, key: str, written: dict[str, str]) -> tuple[dict | None, dict[str, dict]]:
+    """(report entry, other files) for a study's ledger record, from file name -> SHA-256."""
+    files: dict[str, dict] = {}
+    report = None
+    for name, digest in sorted(written.items()):
+        path = out / key / name
+        if not path.is_file():
+            continue
+        entry = {"sha256": digest, "bytes": path.stat().st_size}
+        if name == "report.json":
+            report = {"path": f"{key}/report.json", **entry}
+        else:
+            files[f"{key}/{name}"] = entry
+    return report, files

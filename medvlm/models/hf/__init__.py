@@ -1,0 +1,44 @@
+"""The in-process transformers backend, registered as `hf` (torch and transformers load lazily)."""
+
+from __future__ import annotations
+
+from typing import Any, Mapping
+
+from ..base import Backend, LoadRequest
+from .options import HFOptions, resolve_options
+
+
+class HFKind:
+    """Backend plugin for any Hugging Face VLM directory, hub id or preset."""
+
+    name = "hf"
+    requires = ("torch", "transformers")
+
+    def is_available(self) -> str | None:
+        try:
+            import torch  # noqa: F401
+            import transformers  # noqa: F401
+        except ImportError as exc:
+            return f"the transformers backend needs torch and transformers ({exc.name} is missing): pip install medvlm"
+        return None
+
+    def check_options(self, options: Mapping[str, Any]) -> dict:
+        return HFOptions.from_mapping(dict(options)).as_dict()
+
+    def identity(self, model: str, options: Mapping[str, Any]) -> dict:
+        from .identity import hf_identity
+
+        return hf_identity(model, resolve_options(HFOptions.from_mapping(dict(options))))
+
+    def load(self, request: LoadRequest) -> Backend:
+        from .backend import HFBackend
+
+        opts = HFOptions.from_mapping(dict(request.options))
+        return HFBackend(
+            request.model, device=opts.device, dtype=opts.dtype, quant=opts.quant, batch_size=request.batch_size,
+            max_new_tokens=request.max_new_tokens, images_per_study=request.images_per_study,
+            check_memory=request.check_memory,
+        )
+
+
+KIND = HFKind()

@@ -1,0 +1,268 @@
+"""The transformers backend: AutoProcessor + AutoModelForImageTextToText, greedy generation, answer status."""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from ...errors import ModelUnavailable, first_line
+from ...records import ModelOutput, Prompt, Study
+from ..base import BackendBase, BatchTiming, ModelInfo
+from ..checkpoint import weights_digest
+from ..registry import resolve
+from . import int8, options, streamed_load
+from .identity import hf_identity
+
+
+class HFBackend(BackendBase):
+    """A transformers VLM loaded once and used for every batch."""
+
+    def __init__(
+        self,
+        name_or_path: str,
+        *,
+        device: str = "auto",
+        dtype: str = "auto",
+        quant: str = "auto",
+        batch_size: int = 1,
+        max_new_tokens: int = 256,
+        images_per_study: int = 2,
+        check_memory: bool = True,
+    ):
+        options.HFOptions(device=device, dtype=dtype, quant=quant).check()
+        resolved = resolve(name_or_path)
+        local_dir = resolved.local_dir
+        if resolved.random:
+            from ..demo import BENCH_SPEC, DEMO_SPEC, ensure_random_model
+
+            local_dir = ensure_random_model(DEMO_SPEC if resolved.random == "demo" else BENCH_SPEC)
+        import torch
+        from transformers import AutoModelForImageTextToText, AutoProcessor
+        from transformers.utils import logging as hf_logging
+
+        hf_logging.set_verbosity_error()
+        hf_logging.disable_progress_bar()
+        dev = options.pick_device(device)
+        mode = options.pick_quant(quant, dev)
+        torch_dtype = options.pick_dtype(dtype, dev, mode)
+        estimate = None
+        if check_memory:
+            from ..memory import check_model_fits
+
+            estimate = check_model_fits(
+                Path(local_dir), model=resolved.name, dtype=str(torch_dtype).replace("torch.", ""), quant=mode,
+                device=dev, batch_size=batch_size, max_new_tokens=max_new_tokens, images_per_study=images_per_study,
+            )
+        kwargs: dict = {"dtype": torch_dtype}
+        quant_desc = "none"
+        cpu_int8 = mode == "int8" and not dev.startswith("cuda")
+        if dev.startswith("cuda") and mode in ("int8", "int4"):
+            if not options.bnb_available():
+                raise ModelUnavailable(
+                    f"--quant {mode} on CUDA needs bitsandbytes: pip install 'medvlm[cuda]' (or use --quant none)."
+                )
+            kwargs["quantization_config"] = options.bnb_config(mode, torch_dtype)
+            quant_desc = "int8 (bitsandbytes LLM.int8)" if mode == "int8" else "nf4 (bitsandbytes 4-bit)"
+            kwargs["device_map"] = dev
+        elif mode == "int4" and not dev.startswith("cuda"):
+            raise ModelUnavailable(
+                "--quant int4 needs a CUDA GPU with bitsandbytes (nf4); on CPU use --quant int8 or --quant none."
+            )
+        elif cpu_int8:
+            if torch_dtype != torch.float32:
+                raise ModelUnavailable("--quant int8 on CPU needs --dtype float32 or auto (dynamic int8 computes in fp32).")
+            # Load at half width and convert one decoder layer at a time, so fp32 and int8 copies
+            # of the whole language model never coexist (peak = bf16 model + one fp32 layer).
+            kwargs["dtype"] = torch.bfloat16
+        try:
+            self.processor = AutoProcessor.from_pretrained(local_dir)
+            model = None
+            if cpu_int8 and os.environ.get(streamed_load.STREAMED_LOAD_ENV, "1") != "0":
+                try:
+                    model = streamed_load.load_cpu_int8_streamed(local_dir, int8.int8_kernels())
+                except streamed_load.StreamFallback:
+                    model = None
+                    int8.release_freed_memory()
+            if model is None:
+                model = AutoModelForImageTextToText.from_pretrained(local_dir, **kwargs)
+        except (OSError, ValueError, KeyError, ImportError) as exc:
+            raise ModelUnavailable(f"cannot load model from {local_dir}: {first_line(exc)}") from None
+        model.eval()
+        if "device_map" not in kwargs:
+            model.to(dev)
+        if cpu_int8:
+            quant_desc = int8.quantize_cpu_int8(model)
+            int8.release_freed_memory()
+        self.model = model
+        self._pixel_dtype = int8.vision_dtype(model)
+        tokenizer = getattr(self.processor, "tokenizer", self.processor)
+        if getattr(tokenizer, "pad_token", None) is None:
+            tokenizer.pad_token = tokenizer.eos_token
+        tokenizer.padding_side = "left"  # decoder-only generation needs left padding in a batch
+        self.tokenizer = tokenizer
+        self.eos_ids = self._eos_ids()
+        random_meta = Path(local_dir) / "medvlm_random_model.json"
+        meta = json.loads(random_meta.read_text()) if random_meta.is_file() else {}
+        self.info = ModelInfo(
+            name=resolved.name,
+            source=resolved.source,
+            local_dir=str(local_dir),
+            revision=resolved.revision or meta.get("spec_digest"),
+            random_weights=bool(meta.get("random_weights")),
+            dtype=str(torch_dtype).replace("torch.", ""),
+            quantization=quant_desc,
+            device=dev,
+            weights_digest=weights_digest(local_dir),
+            backend="hf",
+            identity=hf_identity(resolved.name, options.ResolvedOptions(dev, str(torch_dtype).replace("torch.", ""), mode)),
+            parameters=sum(p.numel() for p in model.parameters()),
+            details={
+                "architecture": type(model).__name__,
+                "quant_mode": mode,
+                "threads": torch.get_num_threads(),
+                "attention": getattr(model.config, "_attn_implementation", None),
+                "memory_estimate_bytes": (
+                    {"weights": estimate.weights, "load_peak": estimate.load_peak, "activations": estimate.activations}
+                    if estimate else None
+                ),
+            },
+        )
+
+    def _eos_ids(self) -> set[int]:
+        ids: set[int] = set()
+        gen = getattr(self.model, "generation_config", None)
+        eos = getattr(gen, "eos_token_id", None)
+        if isinstance(eos, int):
+            ids.add(eos)
+        elif eos:
+            ids.update(eos)
+        if self.tokenizer.eos_token_id is not None:
+            ids.add(self.tokenizer.eos_token_id)
+        return ids
+
+    def _messages(self, study: Study, prompt: Prompt) -> list[dict]:
+        content = [{"type": "image"} for _ in study.images]
+        content.append({"type": "text", "text": prompt.text})
+        return [
+            {"role": "system", "content": [{"type": "text", "text": prompt.system}]},
+            {"role": "user", "content": content},
+        ]
+
+    def preprocess(self, batch: list[tuple[Study, Prompt]]) -> "PreparedBatch":
+        """Chat template + one processor call for the whole batch (safe to run in a background thread)."""
+        started = time.perf_counter()
+        texts = [
+            self.processor.apply_chat_template(self._messages(s, p), add_generation_prompt=True, tokenize=False)
+            for s, p in batch
+        ]
+        images = [[img.image for img in s.images] for s, _ in batch]
+        inputs = self.processor(text=texts, images=images, return_tensors="pt", padding=True)
+        inputs = inputs.to(self.model.device)
+        if "pixel_values" in inputs and inputs["pixel_values"].is_floating_point():
+            inputs["pixel_values"] = inputs["pixel_values"].to(self._pixel_dtype)
+        return PreparedBatch(inputs=inputs, size=len(batch), preprocess_s=time.perf_counter() - started)
+
+    def generate_prepared(
+        self, prepared: "PreparedBatch", *, max_new_tokens: int, ignore_eos: bool = False
+    ) -> list[ModelOutput]:
+        """One generate() call on a preprocessed batch; fills prepared.prefill_s and prepared.decode_s."""
+        import torch
+        from transformers import LogitsProcessorList
+
+        inputs = prepared.inputs
+        first_token = _FirstTokenClock()
+        gen_kwargs: dict = {"max_new_tokens": max_new_tokens, "do_sample": False}
+        if ignore_eos:
+            gen_kwargs["min_new_tokens"] = max_new_tokens
+        started = time.perf_counter()
+        with torch.inference_mode():
+            out = self.model.generate(**inputs, **gen_kwargs, logits_processor=LogitsProcessorList([first_token]))
+        ended_at = time.perf_counter()
+        first = first_token.at or ended_at
+        prepared.prefill_s = first - started
+        prepared.decode_s = ended_at - first
+        prompt_len = inputs["input_ids"].shape[1]
+        attention = inputs["attention_mask"]
+        seconds = (prepared.preprocess_s + ended_at - started) / max(prepared.size, 1)
+        results = []
+        pad_id = self.tokenizer.pad_token_id
+        for row, new in enumerate(out[:, prompt_len:].tolist()):
+            ended = False
+            tokens: list[int] = []
+            for tok in new:
+                if tok in self.eos_ids and not ignore_eos:
+                    ended = True
+                    break
+                if tok == pad_id and tokens and not ignore_eos:
+                    ended = True
+                    break
+                tokens.append(tok)
+            text = self.tokenizer.decode(tokens, skip_special_tokens=True).strip()
+            if not text:
+                status = "empty"
+            elif ended:
+                status = "complete"
+            else:
+                status = "truncated"
+            results.append(
+                ModelOutput(
+                    text=text,
+                    answer_status=status,
+                    prompt_tokens=int(attention[row].sum()),
+                    new_tokens=len(tokens),
+                    seconds=seconds,
+                )
+            )
+        prepared.new_tokens = sum(r.new_tokens for r in results)
+        prepared.generated_tokens = (out.shape[1] - prompt_len) * prepared.size
+        return results
+
+    def timing(self, prepared: "PreparedBatch") -> BatchTiming:
+        return BatchTiming(prepared.preprocess_s, prepared.prefill_s, prepared.decode_s, prepared.generated_tokens)
+
+
+@dataclass
+class PreparedBatch:
+    """Processor output for one batch plus where its time went."""
+
+    inputs: Any
+    size: int
+    preprocess_s: float = 0.0
+    prefill_s: float = 0.0
+    decode_s: float = 0.0
+    new_tokens: int = 0  # kept tokens (after EOS) summed over the batch
+    generated_tokens: int = 0  # tokens the model produced, padding rows included
+
+
+class _FirstTokenClock:
+    """A logits processor that only notes when the first token's logits exist (prefill finished)."""
+
+    def __init__(self):
+        self.at: float | None = None
+
+    def __call__(self, input_ids, scores):
+        if self.at is None:
+            self.at = time.perf_counter()
+        return scores
+
+
+def load_backend(
+    name_or_path: str,
+    *,
+    device: str = "auto",
+    dtype: str = "auto",
+    quant: str = "auto",
+    batch_size: int = 1,
+    max_new_tokens: int = 256,
+    images_per_study: int = 2,
+    check_memory: bool = True,
+) -> HFBackend:
+    """Resolve, size-check and load a model once; raises ModelUnavailable with a one-line reason."""
+    return HFBackend(
+        name_or_path, device=device, dtype=dtype, quant=quant, batch_size=batch_size,
+        max_new_tokens=max_new_tokens, images_per_study=images_per_study, check_memory=check_memory,
+    )

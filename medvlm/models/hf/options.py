@@ -1,0 +1,103 @@
+"""The transformers backend's options (device, dtype, quantization) and how `auto` resolves on this machine."""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+
+from ...errors import ModelUnavailable
+
+QUANT_MODES = ("none", "int8", "int4", "auto")
+DTYPES = ("auto", "float32", "bfloat16", "float16")
+
+
+@dataclass(frozen=True)
+class HFOptions:
+    """What the user asked for; every field may be `auto`."""
+
+    device: str = "auto"
+    dtype: str = "auto"
+    quant: str = "auto"
+
+    @classmethod
+    def from_mapping(cls, values: dict) -> "HFOptions":
+        unknown = sorted(set(values) - {"device", "dtype", "quant"})
+        if unknown:
+            raise ModelUnavailable(f"the transformers backend has no option {unknown[0]!r}")
+        options = cls(**values)
+        options.check()
+        return options
+
+    def check(self) -> None:
+        """Reject values no machine could honour (one line each)."""
+        if self.quant not in QUANT_MODES:
+            raise ModelUnavailable(f"unknown --quant {self.quant!r}; expected one of {', '.join(QUANT_MODES)}")
+        if self.dtype not in DTYPES:
+            raise ModelUnavailable(f"unknown --dtype {self.dtype!r}; expected one of {', '.join(DTYPES)}")
+
+    def as_dict(self) -> dict:
+        return asdict(self)
+
+
+@dataclass(frozen=True)
+class ResolvedOptions:
+    """What `auto` became on this machine: the settings that decide the model's numerics."""
+
+    device: str
+    dtype: str  # torch dtype name of the compute dtype
+    quant: str  # none, int8 or int4
+
+    def as_dict(self) -> dict:
+        return asdict(self)
+
+
+def resolve_options(options: HFOptions) -> ResolvedOptions:
+    """Resolve `auto` for this machine (imports torch; loads nothing)."""
+    options.check()
+    device = pick_device(options.device)
+    mode = pick_quant(options.quant, device)
+    dtype = pick_dtype(options.dtype, device, mode)
+    return ResolvedOptions(device, str(dtype).replace("torch.", ""), mode)
+
+
+def pick_device(device: str) -> str:
+    import torch
+
+    if device == "auto":
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    if device.startswith("cuda") and not torch.cuda.is_available():
+        raise ModelUnavailable(f"--device {device} was requested but no CUDA device is visible to torch.")
+    return device
+
+
+def pick_dtype(dtype: str, device: str, mode: str = "none"):
+    import torch
+
+    if dtype == "auto":
+        if device.startswith("cuda"):
+            return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+        return torch.float32  # CPU: fp32 compute (dynamic int8 dequantises into fp32)
+    return getattr(torch, dtype)
+
+
+def pick_quant(quant: str, device: str) -> str:
+    if quant == "auto":
+        if device.startswith("cuda"):
+            return "int4" if bnb_available() else "none"
+        return "int8"
+    return quant
+
+
+def bnb_available() -> bool:
+    try:
+        import bitsandbytes  # noqa: F401
+    except Exception:  # noqa: BLE001 - a broken install is "not available"
+        return False
+    return True
+
+
+def bnb_config(mode: str, compute_dtype):
+    from transformers import BitsAndBytesConfig
+
+    if mode == "int8":
+        return BitsAndBytesConfig(load_in_8bit=True)
+    return BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_compute_dtype=compute_dtype)
