@@ -249,20 +249,3 @@ class _FirstTokenClock:
             self.at = time.perf_counter()
         return scores
 
-
-def load_backend(
-    name_or_path: str,
-    *,
-    device: str = "auto",
-    dtype: str = "auto",
-    quant: str = "auto",
-    batch_size: int = 1,
-    max_new_tokens: int = 256,
-    images_per_study: int = 2,
-    check_memory: bool = True,
-) -> HFBackend:
-    """Resolve, size-check and load a model once; raises ModelUnavailable with a one-line reason."""
-    return HFBackend(
-        name_or_path, device=device, dtype=dtype, quant=quant, batch_size=batch_size,
-        max_new_tokens=max_new_tokens, images_per_study=images_per_study, check_memory=check_memory,
-    )
