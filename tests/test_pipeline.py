@@ -105,3 +105,31 @@ def test_batches_group_studies(tmp_path):
     backend = ScriptedBackend({f"s{i}": ("Normal chest.", "complete") for i in range(5)})
     run_batch(RunConfig(studies=studies, out=tmp_path / "out", model="demo", write_pdf=False, batch_size=2), backend=backend)
     assert sorted(backend.calls, reverse=True) == [2, 2, 1]
+
+
+def test_one_failing_study_in_a_batch_is_retried_alone_and_its_batch_mates_succeed(tmp_path):
+    studies = _png_studies(tmp_path / "in", ["a", "b", "c"])
+    backend = ScriptedBackend({"a": ("Normal chest.", "complete"), "b": RuntimeError("prompt too long"),
+                               "c": ("Normal chest.", "complete")})
+    out = tmp_path / "out"
+    result = run_batch(RunConfig(studies=studies, out=out, model="demo", write_pdf=False, batch_size=3), backend=backend)
+    rows = _rows(out)
+    assert backend.calls == [3, 1, 1, 1]  # the batch, then each study alone
+    assert result.failed == 1 and rows["b"]["reason"] == "RuntimeError: prompt too long"
+    assert rows["a"]["status"] == rows["c"]["status"] == "ok"
+
+
+def test_a_backend_may_fail_one_study_by_returning_its_exception(tmp_path):
+    class PerStudy(ScriptedBackend):
+        def generate(self, batch, *, max_new_tokens, ignore_eos=False):
+            self.calls.append(len(batch))
+            return [ConnectionError("endpoint: connection refused after 5 tries") if "b" in s.ref.source
+                    else ModelOutput("Normal chest.", "complete", 10, 2) for s, _ in batch]
+
+    studies = _png_studies(tmp_path / "in", ["a", "b"])
+    backend = PerStudy({})
+    run_batch(RunConfig(studies=studies, out=tmp_path / "out", model="demo", write_pdf=False, batch_size=2), backend=backend)
+    rows = _rows(tmp_path / "out")
+    assert backend.calls == [2]  # no retry: the backend already said which study failed
+    assert rows["b"]["stage"] == "model" and rows["b"]["reason"] == "ConnectionError: endpoint: connection refused after 5 tries"
+    assert rows["a"]["status"] == "ok"

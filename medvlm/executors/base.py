@@ -84,6 +84,39 @@ EXECUTORS: dict[str, str] = {
 }
 
 
+def model_stage(job: BatchJob, works: list[StudyWork], prepared: Any) -> list[tuple[StudyWork, ModelOutput | Exception]]:
+    """Generate for one preprocessed batch: (work, output) per study, or (work, exception) for a study that failed.
+
+    `prepared` may be the exception preprocessing raised. When a batch of several studies fails as a
+    whole (one study's huge prompt, an out-of-memory), each study is retried alone, so only the
+    study that really fails becomes an error row. A backend may also return an exception in place
+    of one study's ModelOutput (a remote request that kept failing).
+    """
+    backend, config = job.backend, job.config
+    t0 = time.perf_counter()
+    try:
+        if isinstance(prepared, BaseException):
+            raise prepared
+        outputs = backend.generate_prepared(prepared, max_new_tokens=config.max_new_tokens, ignore_eos=config.ignore_eos)
+        if len(outputs) != len(works):
+            raise RuntimeError(f"the backend returned {len(outputs)} answers for {len(works)} studies")
+    except Exception as exc:  # noqa: BLE001 - a model failure is recorded per study
+        if len(works) == 1:
+            return [(works[0], exc)]
+        add(job.stats, batch_retries=1)
+        results = []
+        for w in works:
+            try:
+                alone = backend.preprocess([(w.study, w.prompt)])
+            except Exception as alone_exc:  # noqa: BLE001
+                alone = alone_exc
+            results.extend(model_stage(job, [w], alone))
+        return results
+    answered = [o for o in outputs if isinstance(o, ModelOutput)]
+    note_model_time(job.stats, works, backend.timing(prepared), answered, time.perf_counter() - t0)
+    return list(zip(works, outputs))
+
+
 def get_executor(name: str, options: dict[str, Any] | None = None) -> Executor:
     """A registered executor by name (imported lazily); unknown -> UsageProblem with one line."""
     import importlib

@@ -19,7 +19,7 @@ from ..errors import one_line
 from ..models.base import Backend, ModelInfo
 from ..records import ModelOutput, StudyError, StudyRef
 from ..report.write import write_study_files
-from .base import BatchJob, ResultSink, add, note_model_time
+from .base import BatchJob, ResultSink, add, model_stage
 
 STAGE_STATS = ("decode", "prompt", "extract", "grade", "report", "render")
 
@@ -118,24 +118,14 @@ class LocalExecutor:
                     sink.flush()
                     continue
                 backend: Backend = job.backend
-                t0 = time.perf_counter()
-                try:
-                    if isinstance(prepared, BaseException):
-                        raise prepared
-                    outputs = backend.generate_prepared(
-                        prepared, max_new_tokens=config.max_new_tokens, ignore_eos=config.ignore_eos
-                    )
-                except Exception as exc:  # noqa: BLE001 - a model failure is recorded per study
-                    drain(True)
-                    reason = one_line(exc)
-                    for w in ready:
-                        sink.emit(stages.error_result(StudyError(w.study.ref, "model", reason)))
-                    sink.flush()
-                    continue
-                note_model_time(stats, ready, backend.timing(prepared), outputs, time.perf_counter() - t0)
-                for w, output in zip(ready, outputs):
-                    pending.append((w, render.submit(finish_and_write, out, w, output, backend.info, job)))
-                del ready, prepared, outputs  # images and pixel tensors live only as long as their reports
+                answered = model_stage(job, ready, prepared)
+                for w, output in answered:
+                    if isinstance(output, BaseException):
+                        drain(True)  # keep rows in completion order
+                        sink.emit(stages.error_result(StudyError(w.study.ref, "model", one_line(output))))
+                    else:
+                        pending.append((w, render.submit(finish_and_write, out, w, output, backend.info, job)))
+                del ready, prepared, answered  # images and pixel tensors live only as long as their reports
                 # Backpressure: if reports fall behind the model, wait rather than hold more images in memory.
                 drain(True, keep=2 * batch_size)
                 sink.flush()

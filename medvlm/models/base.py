@@ -71,7 +71,12 @@ class Backend(Protocol):
         """Turn a batch into model inputs; may run on a background thread while another batch generates."""
 
     def generate_prepared(self, prepared: Any, *, max_new_tokens: int, ignore_eos: bool = False) -> list[ModelOutput]:
-        """Generate for a preprocessed batch, one output per study in order."""
+        """Generate for a preprocessed batch, one output per study in order.
+
+        A study that failed on its own (a remote request that kept failing) may be an Exception in
+        place of its ModelOutput; it becomes that study's error row. Raising fails the whole batch,
+        whose studies are then retried one at a time.
+        """
 
     def timing(self, prepared: Any) -> BatchTiming | None:
         """Timing of the last generate_prepared() on `prepared`, or None when the backend does not measure it."""
