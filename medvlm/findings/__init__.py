@@ -1,21 +1,25 @@
-"""Findings extraction: vocabularies as data, negation/uncertainty-aware extractor."""
+"""Findings extraction: vocabularies and cues as data, a negation/uncertainty-aware extractor.
 
-from medvlm.findings.extract import (
-    NO_FINDING,
-    VocabEntry,
-    Vocabulary,
-    VocabularyError,
-    extract,
-    load_vocabulary,
-    split_sentences,
-)
+Layout: errors.py (file errors) < yamlmarks.py (YAML with line numbers) < cues.py (cue files) <
+vocab.py (vocabulary files, compiled phrases) ; text.py (sentences, clauses) ; extract.py
+(decisions) ; ids.py (stable finding ids) ; extract_csv.py (a CSV of reports in, findings out).
+"""
+
+from medvlm.findings.cues import CueSet, load_cues
+from medvlm.findings.errors import CuesError, VocabularyError
+from medvlm.findings.extract import extract
+from medvlm.findings.text import split_sentences
+from medvlm.findings.vocab import NO_FINDING, VocabEntry, Vocabulary, load_vocabulary
 
 __all__ = [
     "NO_FINDING",
+    "CueSet",
+    "CuesError",
     "VocabEntry",
     "Vocabulary",
     "VocabularyError",
     "extract",
+    "load_cues",
     "load_vocabulary",
     "split_sentences",
 ]

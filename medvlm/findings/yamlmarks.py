@@ -42,12 +42,25 @@ def _build(node: yaml.Node, constructor: yaml.constructor.SafeConstructor) -> An
     return constructor.construct_object(node, deep=True)
 
 
-def load_marked(path: Path, error: type[ValueError]) -> Any:
-    """Parse a YAML file; syntax errors become `error("path:line: ...")`."""
+def read_data_file(path: Path, error: type[ValueError]) -> tuple[bytes, str]:
+    """(bytes, text) of a data file; unreadable or non-UTF-8 files become `error("path:0: ...")`."""
     try:
-        text = path.read_text(encoding="utf-8")
+        raw = path.read_bytes()
     except OSError as exc:
         raise error(f"{path}:0: cannot read file ({exc.strerror or exc})") from None
+    try:
+        return raw, raw.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise error(f"{path}:0: not UTF-8 text (byte {exc.start})") from None
+
+
+def load_marked(path: Path, error: type[ValueError], text: str | None = None) -> Any:
+    """Parse a YAML file (or `text` read from it); syntax errors become `error("path:line: ...")`."""
+    if text is None:
+        try:
+            text = path.read_text(encoding="utf-8")
+        except OSError as exc:
+            raise error(f"{path}:0: cannot read file ({exc.strerror or exc})") from None
     try:
         node = yaml.compose(text, Loader=yaml.SafeLoader)
     except yaml.MarkedYAMLError as exc:
