@@ -103,6 +103,8 @@ class Evidence:
 
 @dataclass(frozen=True)
 class Finding:
+    # Stable across regrades (finding_ids.py); set when the study is known, None straight from extract().
+    id: str | None = field(default=None, kw_only=True)
     code: str
     label: str
     status: FindingStatus

@@ -13,6 +13,7 @@ from .errors import UsageProblem, first_line
 from .fileio import sha256_file
 from .outputs import write_summary
 from .records import to_jsonable
+from .report.build import SCHEMA_VERSION, findings_json
 from .report.index import write_index
 from .report.write import read_thumbnails, render_study_files, write_study_files
 from .resources import Resources
@@ -33,7 +34,8 @@ def regrade_report(doc: dict, vocab_file: Path | None = None, rules_file: Path |
     res = (resources or Resources(vocab_file=vocab_file, rules_file=rules_file)).for_modality(modality)
     assessment = assess(doc["model_output"]["text"], doc["model_output"]["answer_status"], modality, res)
     new = json.loads(json.dumps(doc))  # deep copy of plain JSON
-    new["findings"] = [to_jsonable(f) for f in assessment.findings]
+    new["schema_version"] = SCHEMA_VERSION  # an older report gains finding ids and the cues entry
+    new["findings"] = findings_json(assessment.findings, doc["study"]["key"], doc["model_output"]["text"])
     new["risk"] = to_jsonable(assessment.grade)
     new["provenance"].update(res.provenance())
     new["provenance"]["regraded_at"] = utc_now()
@@ -79,7 +81,7 @@ def regrade_run(
             modality = new["study"]["modality"]
             hashes = resources.for_modality(modality).hashes()
             audit.record(key, dict(row or {"study_key": key, "status": "ok"}), written, modality,
-                         {"vocabulary": hashes["vocabulary"], "rules": hashes["rules"]})
+                         {name: hashes[name] for name in ("vocabulary", "cues", "rules")})
             if on_report:
                 on_report(study_dir, doc, new)
         if summary:

@@ -22,10 +22,11 @@ class ModalityResources:
     rules: object  # risk.RuleSet
 
     def provenance(self) -> dict:
-        """The vocabulary and rules as a report's provenance names them."""
+        """The vocabulary, its cue file and the rules as a report's provenance names them."""
         v, r = self.vocab, self.rules
         return {
-            "vocabulary": {"id": v.id, "sha256": v.hash, "path": str(v.path)},
+            "vocabulary": v.provenance(),
+            "cues": v.cues.provenance(),
             "rules": {"id": r.id, "sha256": r.hash, "path": str(r.path)},
         }
 
@@ -34,6 +35,7 @@ class ModalityResources:
         return {
             "prompt": {"id": self.template.id, "sha256": self.template.hash},
             "vocabulary": self.vocab.hash,
+            "cues": self.vocab.cues_hash,
             "rules": self.rules.hash,
         }
 

@@ -105,6 +105,7 @@ def make_report(
         grade=grade,
         model=ModelInfo("demo", "local", None, None, random_weights, "float32", "none", "cpu", weights_digest=H),
         vocabulary={"id": "chest_xray-vocab", "sha256": H, "path": None},
+        cues={"id": "en", "sha256": H, "path": None},
         rules={"id": "chest_xray-rules", "sha256": H, "path": None},
         stage_seconds={"decode": 0.01, "model": 1.0},
         started_at="2025-01-01T00:00:00.000+00:00",

@@ -9,6 +9,7 @@ from pathlib import Path
 
 from ..errors import UsageProblem
 from ..fileio import atomic_write_bytes
+from ..finding_ids import ids_for_codes
 from .ledger import LEDGER_NAME, latest_attempts, read_ledger
 
 FORMATS = ("csv", "parquet", "jsonl")
@@ -21,14 +22,15 @@ STUDY_COLUMNS = [
     "age_years", "sex", "view", "body_part", "dicom_modality",
     "model_name", "model_source", "model_revision", "weights_digest", "random_weights",
     "dtype", "quantization", "device",
-    "prompt_id", "prompt_sha256", "vocabulary_id", "vocabulary_sha256", "rules_id", "rules_sha256",
+    "prompt_id", "prompt_sha256", "vocabulary_id", "vocabulary_sha256", "cues_id", "cues_sha256",
+    "rules_id", "rules_sha256",
     "medvlm_version", "git_commit", "inputs_sha256", "report_sha256", "attempt_fingerprint", "run_id",
     "prompt_tokens", "new_tokens", "started_at", "finished_at",
     *[f"seconds_{s}" for s in STAGES], "seconds_total",
 ]
 PHI_STUDY_COLUMNS = ["source", "input_files"]  # plus phi_<DICOM keyword> columns found in reports
 FINDING_COLUMNS = [
-    "study_key", "finding_index", "code", "label", "status", "critical", "severity", "laterality", "change",
+    "study_key", "finding_id", "finding_index", "code", "label", "status", "critical", "severity", "laterality", "change",
     "cue", "evidence_text", "evidence_start", "evidence_end", "evidence_sentence",
 ]
 
@@ -112,6 +114,8 @@ def _study_row(attempt: dict, doc: dict | None, include_phi: bool) -> dict:
         prompt_sha256=prov.get("prompt", {}).get("sha256"),
         vocabulary_id=prov.get("vocabulary", {}).get("id"),
         vocabulary_sha256=prov.get("vocabulary", {}).get("sha256"),
+        cues_id=(prov.get("cues") or {}).get("id"),
+        cues_sha256=(prov.get("cues") or {}).get("sha256"),
         rules_id=prov.get("rules", {}).get("id"),
         rules_sha256=prov.get("rules", {}).get("sha256"),
         medvlm_version=prov.get("medvlm_version"),
@@ -131,12 +135,18 @@ def _study_row(attempt: dict, doc: dict | None, include_phi: bool) -> dict:
 
 
 def _finding_rows(key: str, doc: dict) -> list[dict]:
+    found = doc.get("findings", [])
+    # Reports written before finding ids (schema 1.0) get the ids a regrade would give them.
+    study_key = (doc.get("study") or {}).get("key") or key
+    text = (doc.get("model_output") or {}).get("text") or ""
+    derived = ids_for_codes(study_key, text, (f.get("code") or "" for f in found))
     rows = []
-    for i, f in enumerate(doc.get("findings", [])):
+    for i, f in enumerate(found):
         ev = f.get("evidence") or {}
         rows.append(
             {
-                "study_key": key, "finding_index": i, "code": f.get("code"), "label": f.get("label"),
+                "study_key": key, "finding_id": f.get("id") or derived[i], "finding_index": i,
+                "code": f.get("code"), "label": f.get("label"),
                 "status": f.get("status"), "critical": bool(f.get("critical")), "severity": f.get("severity"),
                 "laterality": f.get("laterality"), "change": f.get("change"), "cue": f.get("cue"),
                 "evidence_text": ev.get("text"), "evidence_start": ev.get("start"), "evidence_end": ev.get("end"),

@@ -2,7 +2,7 @@
 
 Layout: errors.py (file errors) < yamlmarks.py (YAML with line numbers) < cues.py (cue files) <
 vocab.py (vocabulary files, compiled phrases) ; text.py (sentences, clauses) ; extract.py
-(decisions) ; ids.py (stable finding ids) ; extract_csv.py (a CSV of reports in, findings out).
+(decisions) ; extract_csv.py (a CSV of reports in, findings out).
 """
 
 from medvlm.findings.cues import CueSet, load_cues

@@ -10,10 +10,12 @@ from functools import lru_cache
 from .. import DEMO_NOTICE, DISCLAIMER, __version__
 from ..models.base import ModelInfo
 from ..clock import utc_now  # noqa: F401 - re-exported for report writers
+from ..finding_ids import assign_ids
 from ..paths import PROJECT_DIR
 from ..records import Finding, ModelOutput, Prompt, RiskGrade, Study, to_jsonable
 
-SCHEMA_VERSION = "1.0"
+# 1.1: findings carry a stable `id`; provenance names the negation/uncertainty `cues` file.
+SCHEMA_VERSION = "1.1"
 
 
 @lru_cache(maxsize=1)
@@ -63,6 +65,11 @@ def model_provenance(info: ModelInfo) -> dict:
     }
 
 
+def findings_json(findings: list[Finding], study_key: str, model_text: str) -> list[dict]:
+    """The report's findings list: each finding with its stable id (finding_ids.py)."""
+    return [to_jsonable(f) for f in assign_ids(findings, study_key, model_text)]
+
+
 def build_report(
     *,
     study: Study,
@@ -73,6 +80,7 @@ def build_report(
     grade: RiskGrade,
     model: ModelInfo,
     vocabulary: dict,
+    cues: dict,
     rules: dict,
     stage_seconds: dict[str, float],
     started_at: str,
@@ -105,6 +113,7 @@ def build_report(
         **model_provenance(model),
         "prompt": {"id": prompt.template_id, "sha256": prompt.template_hash},
         "vocabulary": vocabulary,
+        "cues": cues,
         "rules": rules,
         "medvlm_version": __version__,
         "git_commit": git_commit(),
@@ -136,7 +145,7 @@ def build_report(
             "new_tokens": output.new_tokens,
             "error": output.error,
         },
-        "findings": [to_jsonable(f) for f in findings],
+        "findings": findings_json(findings, study.ref.key, output.text),
         "risk": to_jsonable(grade),
         "provenance": provenance,
     }
