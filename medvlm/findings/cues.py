@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from medvlm.fileio import sha256_file
@@ -38,18 +38,18 @@ class CueSet:
     path: Path
     hash: str
     version: str
-    clause_breaks: re.Pattern
-    before: re.Pattern | None  # one group per pattern, named <kind><index>
-    after: re.Pattern | None  # groups: sep, and one per kind in AFTER_KINDS that has patterns
-    versus_after: re.Pattern
-    verbs_between: re.Pattern | None
-    verbs_in_mention: re.Pattern | None
-    reassert: re.Pattern | None
-    phrase_separators: re.Pattern | None
-    severity: re.Pattern | None  # groups a (severity word) and b (end of a range)
-    severity_words: dict[str, str]
-    laterality: re.Pattern | None  # groups bi, left, right
-    change: tuple[tuple[str, re.Pattern], ...]
+    clause_breaks: re.Pattern = field(repr=False)
+    before: re.Pattern | None = field(repr=False)  # one group per pattern, named <kind><index>
+    after: re.Pattern | None = field(repr=False)  # groups: sep, and one per kind in AFTER_KINDS that has patterns
+    versus_after: re.Pattern = field(repr=False)
+    verbs_between: re.Pattern | None = field(repr=False)
+    verbs_in_mention: re.Pattern | None = field(repr=False)
+    reassert: re.Pattern | None = field(repr=False)
+    phrase_separators: re.Pattern | None = field(repr=False)
+    severity: re.Pattern | None = field(repr=False)  # groups a (severity word) and b (end of a range)
+    severity_words: dict[str, str] = field(repr=False)
+    laterality: re.Pattern | None = field(repr=False)  # groups bi, left, right
+    change: tuple[tuple[str, re.Pattern], ...] = field(repr=False)
 
     def provenance(self) -> dict:
         """{"id", "sha256", "path"} as written into report provenance."""

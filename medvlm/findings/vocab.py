@@ -111,8 +111,8 @@ def compile_entries(vocab: Vocabulary) -> tuple[CompiledEntry, ...]:
 _ENTRY_KEYS = {"label", "critical", "synonyms", "exclusions", "negative_forms"}
 _TOP_KEYS = {"id", "version", "findings", "description", "cues"}
 _CODE_RE = re.compile(r"^[a-z][a-z0-9_]*$")
-# (path, file sha256) -> (vocabulary without cues, the cue file it names, line of that name)
-_PARSED: dict[tuple[str, str], tuple[Vocabulary, Path, int]] = {}
+# (path, file sha256) -> (vocabulary without cues, the cue set it names, line of that name)
+_PARSED: dict[tuple[str, str], tuple[Vocabulary, str, int]] = {}
 # (path, file sha256, cue file sha256) -> the vocabulary handed out
 _VOCAB_CACHE: dict[tuple[str, str, str], Vocabulary] = {}
 
@@ -143,7 +143,8 @@ def load_vocabulary(modality_or_path: str | Path) -> Vocabulary:
     if parsed is None:
         parsed = _parse(path)
         _PARSED[(str(path), parsed[0].hash)] = parsed
-    bare, cue_file, cue_line = parsed
+    bare, cue_ref, cue_line = parsed
+    cue_file = cues_path(cue_ref, relative_to=path.parent)  # resolved each time: MEDVLM_FINDINGS_CUES_DIR may change
     if not cue_file.is_file():
         raise VocabularyError(f"{path}:{cue_line}: cue file not found: {cue_file}")
     cues = load_cues(cue_file)
@@ -155,7 +156,7 @@ def load_vocabulary(modality_or_path: str | Path) -> Vocabulary:
     return vocab
 
 
-def _parse(path: Path) -> tuple[Vocabulary, Path, int]:
+def _parse(path: Path) -> tuple[Vocabulary, str, int]:
     raw, text = read_data_file(path, VocabularyError)
     data = load_marked(path, VocabularyError, text)
     if not isinstance(data, LineDict):
@@ -208,5 +209,5 @@ def _parse(path: Path) -> tuple[Vocabulary, Path, int]:
         version=str(data.get("version", "")),
     )
     object.__setattr__(vocab, "_compiled", compile_entries(vocab))
-    return vocab, cues_path(cue_ref.strip(), relative_to=path.parent), cue_line
+    return vocab, cue_ref.strip(), cue_line
 
