@@ -94,7 +94,9 @@ def test_cues_directory_can_be_overridden_by_environment(tmp_path, monkeypatch):
 BROKEN = [
     # (text in en.yaml, replacement, message fragment)
     ("    - 'negative for'", "    - 'negative (for'", "bad pattern 'negative (for' in before.negated"),
-    ("    - 'negative for'", "    - 'negative (?P<x>for)'", "named groups are reserved"),
+    ("    - 'negative for'", "    - 'negative (?P<x>for)'", "named groups and back-references are reserved"),
+    ("    - 'negative for'", "    - '(for) \\1'", "named groups and back-references are reserved"),
+    ("    - 'negative for'", "    - '(?:negative for)?'", "pattern '(?:negative for)?' matches empty text"),
     ("    - 'negative for'", "    - ''", "every pattern must be a non-empty string"),
     ("  negated:\n", "  negatd:\n", "unknown cue kind 'negatd' in 'before'"),
     ("    resolved:\n", "    cleared:\n", "unknown cue kind 'cleared' in 'after.kinds'"),

@@ -20,6 +20,7 @@ from medvlm.paths import PACKAGE_DIR
 from medvlm.pipeline import run_batch
 from medvlm.records import ModelOutput
 from medvlm.regrade import regrade_run
+from medvlm.report.html import render_report_html
 from medvlm.report.validate import validate_report
 
 TEXT = "Small left pleural effusion. No pneumothorax. Possible right lower lobe consolidation."
@@ -145,6 +146,8 @@ def test_export_has_the_report_ids_and_derives_them_for_older_reports(run_dir, t
         for f in doc["findings"]:
             del f["id"]
         validate_report(doc)
+        html = render_report_html(doc, {})  # an older report still renders, without id attributes
+        assert "data-finding-id" not in html and doc["findings"][0]["label"] in html
         (copy / key / "report.json").write_text(json.dumps(doc), encoding="utf-8")
     _, old_findings = build_tables(copy)
     assert list(old_findings["finding_id"]) == list(findings["finding_id"])

@@ -27,6 +27,7 @@ _REQUIRED = ("id", "clause_breaks", "before", "after", "versus_after", "reassert
 _NAME_RE = re.compile(r"^[a-z][a-z0-9_-]*$")
 _WORD_RE = re.compile(r"^[a-z]+$")
 _SIDE_GROUP = {"bilateral": "bi", "left": "left", "right": "right"}
+_BACKREFERENCE = re.compile(r"(?<!\\)(?:\\\\)*\\[1-9]")  # \1 .. \9 (an escaped backslash before a digit is not one)
 _CACHE: dict[tuple[str, str], "CueSet"] = {}
 
 
@@ -105,15 +106,18 @@ class _Reader:
             self.pattern(item, item_line, where)
         return list(value)
 
-    def pattern(self, item, line: int, where: str) -> str:
+    def pattern(self, item, line: int, where: str, may_be_empty: bool = False) -> str:
         if not isinstance(item, str) or not item:
             self.fail(line, f"{where}: every pattern must be a non-empty string")
-        if "(?P<" in item or "(?P=" in item:
-            self.fail(line, f"{where}: named groups are reserved, use (?:...) in {item!r}")
+        # Patterns are combined into one expression: their group names and numbers are not theirs to use.
+        if "(?P<" in item or "(?P=" in item or _BACKREFERENCE.search(item):
+            self.fail(line, f"{where}: named groups and back-references are reserved, use (?:...) in {item!r}")
         try:
-            re.compile(item, re.IGNORECASE)
+            compiled = re.compile(item, re.IGNORECASE)
         except re.error as exc:
             self.fail(line, f"bad pattern {item!r} in {where}: {exc}")
+        if not may_be_empty and compiled.fullmatch(""):
+            self.fail(line, f"{where}: pattern {item!r} matches empty text")
         return item
 
     def compile(self, regex: str, line: int, where: str) -> re.Pattern:
@@ -159,7 +163,7 @@ def _parse(path: Path, raw: bytes, text: str) -> CueSet:
 
     after = r.mapping(data["after"], line["after"], "'after'")
     reject_unknown_keys(after, {"copula", "kinds", "verbs_between", "verbs_in_mention"}, path, CuesError, "key", " in 'after'")
-    copula = r.pattern(after.get("copula", ""), after.key_lines.get("copula", line["after"]), "after.copula") if "copula" in after else ""
+    copula = r.pattern(after["copula"], after.key_lines["copula"], "after.copula", may_be_empty=True) if "copula" in after else ""
     kinds = r.mapping(after.get("kinds"), after.key_lines.get("kinds", line["after"]), "after.kinds")
     reject_unknown_keys(kinds, set(AFTER_KINDS), path, CuesError, "cue kind", " in 'after.kinds'")
     alternatives = []

@@ -9,7 +9,7 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 
-from medvlm.findings.cues import CueSet, load_cues
+from medvlm.findings.cues import AFTER_KINDS, CueSet, load_cues
 from medvlm.findings.text import phrase_span, split_clauses, split_sentences
 from medvlm.findings.vocab import NO_FINDING, CompiledEntry, Vocabulary, compile_entries, load_vocabulary
 from medvlm.records import Evidence, Finding
@@ -36,7 +36,7 @@ def _severity(cues: CueSet, window: str) -> str | None:
     if not m:
         return None
     a = cues.severity_words[m.group("a").lower()]
-    if m.group("b"):
+    if m.groupdict().get("b"):
         return f"{a}-{cues.severity_words[m.group('b').lower()]}"
     return a
 
@@ -72,11 +72,12 @@ def _decide(
         between = post.group("sep")
         if not (cues.verbs_between is not None and cues.verbs_between.search(between)):
             groups = post.groupdict()
-            kind = next(k for k in ("uncertain", "resolved", "negated") if groups.get(k))
-            cue = groups[kind].strip()
-            if kind == "resolved":
-                return "absent", cue, "resolved"
-            return ("uncertain" if kind == "uncertain" else "absent"), cue, None
+            kind = next((k for k in AFTER_KINDS if groups.get(k)), None)
+            if kind is not None:
+                cue = groups[kind].strip()
+                if kind == "resolved":
+                    return "absent", cue, "resolved"
+                return ("uncertain" if kind == "uncertain" else "absent"), cue, None
     versus = cues.versus_after.match(text, end, c1)
     if versus:
         return "uncertain", versus.group(0).split()[-1], None
