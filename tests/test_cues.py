@@ -11,7 +11,7 @@ from typer.testing import CliRunner
 
 from medvlm.cli import app
 from medvlm.findings import CuesError, VocabularyError, extract, load_cues, load_vocabulary
-from medvlm.findings.cues import cues_path
+from medvlm.findings.cueset import cues_path
 from medvlm.paths import PACKAGE_DIR
 
 EN = PACKAGE_DIR / "findings" / "cues" / "en.yaml"

@@ -15,7 +15,7 @@ from medvlm.audit.verify import verify_run
 from medvlm.config import RunConfig
 from medvlm.finding_ids import assign_ids, finding_id, ids_for_codes, text_sha256
 from medvlm.findings import extract
-from medvlm.models.base import ModelInfo
+from medvlm.models.base import BackendBase, ModelInfo
 from medvlm.paths import PACKAGE_DIR
 from medvlm.pipeline import run_batch
 from medvlm.records import ModelOutput
@@ -27,7 +27,7 @@ TEXT = "Small left pleural effusion. No pneumothorax. Possible right lower lobe 
 ID_RE = re.compile(r"^f-[0-9a-f]{16}$")
 
 
-class FixedTextBackend:
+class FixedTextBackend(BackendBase):
     """Answers every study with the same report text, so the findings are known."""
 
     info = ModelInfo(

@@ -1,7 +1,7 @@
 """The import layering the README documents: every module imports alone, and dependencies point down.
 
 Layers, lowest first (a module may import its own layer and the layers below, never above):
-  leaf      medvlm, errors, clock, paths, fileio, records
+  leaf      medvlm, errors, clock, paths, fileio, records, finding_ids
   domain    config, prompts, ingest, findings, risk, models, report
   audit     audit           (besides leaf: only config, report.validate and ingest.privacy helpers)
   stages    resources, stages
@@ -21,7 +21,8 @@ from pathlib import Path
 PACKAGE = Path(__file__).resolve().parent.parent / "medvlm"
 
 LAYERS = [
-    ("leaf", {"medvlm", "medvlm.errors", "medvlm.clock", "medvlm.paths", "medvlm.fileio", "medvlm.records"}),
+    ("leaf", {"medvlm", "medvlm.errors", "medvlm.clock", "medvlm.paths", "medvlm.fileio", "medvlm.records",
+              "medvlm.finding_ids"}),
     ("domain", {"medvlm.config", "medvlm.prompts", "medvlm.ingest", "medvlm.findings", "medvlm.risk", "medvlm.models",
                 "medvlm.report"}),
     ("audit", {"medvlm.audit"}),

@@ -1,15 +1,15 @@
 """Findings extraction: vocabularies and cues as data, a negation/uncertainty-aware extractor.
 
-Layout: errors.py (file errors) < yamlmarks.py (YAML with line numbers) < cues.py (cue files) <
-vocab.py (vocabulary files, compiled phrases) ; text.py (sentences, clauses) ; extract.py
+Layout: errors.py (file errors) < yamlmarks.py (YAML with line numbers) < cueset.py (cue files) <
+vocabulary.py (vocabulary files, compiled phrases) ; text.py (sentences, clauses) ; extract.py
 (decisions) ; extract_csv.py (a CSV of reports in, findings out).
 """
 
-from medvlm.findings.cues import CueSet, load_cues
+from medvlm.findings.cueset import CueSet, load_cues
 from medvlm.findings.errors import CuesError, VocabularyError
 from medvlm.findings.extract import extract
 from medvlm.findings.text import split_sentences
-from medvlm.findings.vocab import NO_FINDING, VocabEntry, Vocabulary, load_vocabulary
+from medvlm.findings.vocabulary import NO_FINDING, VocabEntry, Vocabulary, load_vocabulary
 
 __all__ = [
     "NO_FINDING",

@@ -1,6 +1,6 @@
 """Turn free-text radiology (or model) reports into coded findings with auditable evidence.
 
-The decisions live here; the vocabulary (vocab.py), the cue patterns (cues.py, data in
+The decisions live here; the vocabulary (vocabulary.py), the cue patterns (cueset.py, data in
 cues/<name>.yaml) and the sentence/clause structure (text.py) are inputs to them.
 """
 
@@ -9,9 +9,9 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 
-from medvlm.findings.cues import AFTER_KINDS, CueSet, load_cues
+from medvlm.findings.cueset import AFTER_KINDS, CueSet, load_cues
 from medvlm.findings.text import phrase_span, split_clauses, split_sentences
-from medvlm.findings.vocab import NO_FINDING, CompiledEntry, Vocabulary, compile_entries, load_vocabulary
+from medvlm.findings.vocabulary import NO_FINDING, CompiledEntry, Vocabulary, compile_entries, load_vocabulary
 from medvlm.records import Evidence, Finding
 
 _STATUS_RANK = {"present": 2, "uncertain": 1, "absent": 0}

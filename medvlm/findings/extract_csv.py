@@ -5,7 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from medvlm.findings.extract import extract
-from medvlm.findings.vocab import Vocabulary, load_vocabulary
+from medvlm.findings.vocabulary import Vocabulary, load_vocabulary
 
 OUTPUT_COLUMNS = ["id", "code", "label", "status", "severity", "laterality", "change", "cue", "evidence", "start", "end"]
 

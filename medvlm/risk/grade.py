@@ -7,7 +7,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from medvlm.findings.errors import VocabularyError
-from medvlm.findings.vocab import NO_FINDING, Vocabulary, load_vocabulary
+from medvlm.findings.vocabulary import NO_FINDING, Vocabulary, load_vocabulary
 from medvlm.findings.yamlmarks import LineDict, LineList, load_marked, reject_unknown_keys
 from medvlm.paths import resolve_data_path
 from medvlm.records import MODALITIES, RISK_LEVELS, FiredRule, Finding, RiskGrade

@@ -8,7 +8,7 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 from medvlm.fileio import sha256_file
-from medvlm.findings.cues import DEFAULT_CUES, CueSet, cues_path, load_cues
+from medvlm.findings.cueset import DEFAULT_CUES, CueSet, cues_path, load_cues
 from medvlm.findings.errors import VocabularyError
 from medvlm.findings.yamlmarks import LineDict, load_marked, read_data_file, reject_unknown_keys
 from medvlm.paths import resolve_data_path
