@@ -219,3 +219,37 @@ def test_report_provenance_names_the_cue_file(tmp_path):
     assert doc["provenance"]["cues"] == {
         "id": "en", "sha256": hashlib.sha256(cue_text.encode()).hexdigest(), "path": str(tmp_path / "v" / "cues.yaml"),
     }
+
+
+def test_resume_keys_on_the_cue_file_and_regrade_records_it(tmp_path, caplog):
+    """An edited cue file redoes the studies; after a regrade with new cues, the same batch resumes."""
+    from medvlm.config import RunConfig
+    from medvlm.pipeline import run_batch
+    from medvlm.regrade import regrade_run
+
+    from audit_support import attempts, make_png_studies
+    from test_finding_ids import FixedTextBackend
+
+    studies = make_png_studies(tmp_path / "studies", 2)
+    vocab_file = vocab_with_cues(tmp_path / "v", EN.read_text(encoding="utf-8"))
+    config = RunConfig(studies=studies, out=tmp_path / "out", model="demo", max_new_tokens=8, write_pdf=False,
+                       modality="chest_xray", vocab_file=vocab_file)
+    backend = FixedTextBackend()
+    assert run_batch(config, backend=backend).count("ok") == 2
+    assert run_batch(config, backend=backend).count("ok") == 2
+    assert len(attempts(config.out)) == 2  # the second batch reused both studies
+
+    cue_text, _ = edited("    - 'negative for'", "    - 'denies'")
+    (tmp_path / "v" / "cues.yaml").write_text(cue_text, encoding="utf-8")
+    with caplog.at_level("WARNING", logger="medvlm.audit"):
+        assert run_batch(config, backend=backend).count("ok") == 2
+    assert len(attempts(config.out)) == 4
+    assert "resources.chest_xray.cues changed" in caplog.text
+
+    other, _ = edited("    - 'free of'", "    - 'excludes'")
+    other_vocab = vocab_with_cues(tmp_path / "w", other)
+    assert not regrade_run(config.out, vocab_file=other_vocab, pdf=False).errors
+    assert len(attempts(config.out)) == 6
+    regraded = RunConfig(**{**config.__dict__, "vocab_file": other_vocab})
+    assert run_batch(regraded, backend=backend).count("ok") == 2
+    assert len(attempts(config.out)) == 6  # the regrade's cue hash is the one a batch with these files expects
