@@ -23,6 +23,9 @@ class StudyRef:
     source: str  # folder or file the study came from, relative to the batch root
     files: tuple[str, ...]  # absolute paths of the files that make up the study
     uid: str | None = None  # StudyInstanceUID when known (never written out without --include-phi)
+    # What loading needs from each DICOM file's header, read once by discovery (ingest.types.HeaderSummary:
+    # small, picklable, no identifiers); empty for refs made elsewhere, whose headers load_study reads.
+    headers: tuple[Any, ...] = field(default=(), compare=False, repr=False)
 
 
 @dataclass(frozen=True, eq=False)
@@ -30,7 +33,7 @@ class ImageInput:
     """One image as it reaches the model, with how it was derived from the file."""
 
     source: str  # file name relative to the batch root
-    sha256: str  # hash of the file bytes
+    sha256: str  # SHA-256 of the file's bytes; of a multi-file series, of its sha256sum manifest (ingest.load.image_sha256)
     image: Image.Image  # RGB, 8-bit, ready for the processor
     kind: Literal["dicom", "raster"]
     original_shape: tuple[int, ...]  # (rows, cols) or (frames, rows, cols) or (rows, cols, 3)

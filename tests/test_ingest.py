@@ -18,8 +18,9 @@ from pydicom.dataset import Dataset
 
 from medvlm.ingest import discover, load_or_create_key, load_study, resolve_modality
 from medvlm.ingest import dicom as dicom_mod
+from medvlm.ingest import read as read_mod
 from medvlm.ingest.dicom import Slice, render_slices
-from medvlm.ingest.load import age_from_dates, parse_age
+from medvlm.ingest.headers import age_from_dates, parse_age
 from medvlm.ingest.route import UnsupportedModality
 from medvlm.records import Study, StudyContext, StudyError, to_jsonable
 
@@ -262,11 +263,11 @@ def test_missing_decoder_names_what_to_install(tmp_path: Path, monkeypatch) -> N
     class Unavailable:
         is_available = False
 
-    monkeypatch.setattr(dicom_mod, "get_decoder", lambda uid: Unavailable())
+    monkeypatch.setattr(read_mod, "get_decoder", lambda uid: Unavailable())
     ds = image_ds()
     ds.file_meta.TransferSyntaxUID = "1.2.840.10008.1.2.4.90"
-    with pytest.raises(dicom_mod.IngestError, match="install pylibjpeg pylibjpeg-openjpeg"):
-        dicom_mod.check_decodable(ds)
+    with pytest.raises(read_mod.IngestError, match="install pylibjpeg pylibjpeg-openjpeg"):
+        read_mod.check_decodable(ds)
 
 
 def test_permission_denied_is_a_reason(tmp_path: Path, monkeypatch) -> None:
@@ -276,9 +277,9 @@ def test_permission_denied_is_a_reason(tmp_path: Path, monkeypatch) -> None:
     def denied(*a, **k):
         raise PermissionError(13, "Permission denied")
 
-    monkeypatch.setattr(dicom_mod.pydicom, "dcmread", denied)
-    with pytest.raises(dicom_mod.IngestError, match="permission denied"):
-        dicom_mod.read_dataset(path, header_only=True)
+    monkeypatch.setattr(read_mod.pydicom, "dcmread", denied)
+    with pytest.raises(read_mod.IngestError, match="permission denied"):
+        read_mod.read_dataset(path, header_only=True)
 
 
 def test_warnings_become_scrubbed_notes(tmp_path: Path) -> None:
@@ -307,3 +308,19 @@ def test_raster_modes_and_csv_sidecar(tmp_path: Path) -> None:
     c = got["c.jpg"]
     assert (c.context.age_years, c.context.sex, c.context.indication) == (70, "F", "dyspnoea")
     assert resolve_modality(c, "auto") == "chest_xray"
+
+
+def test_truncated_rasters_stay_errors_when_lenient_loading_is_on(tmp_path: Path, monkeypatch) -> None:
+    import weasyprint  # noqa: F401 - rendering a PDF imports it, and its import turns lenient loading on
+    from PIL import ImageFile
+
+    monkeypatch.setattr(ImageFile, "LOAD_TRUNCATED_IMAGES", True)  # as WeasyPrint leaves it, for the whole process
+    ramp = Image.fromarray(np.tile(np.arange(256, dtype=np.uint8), (256, 1)), "L")
+    for name, fmt in (("whole.png", "PNG"), ("whole.jpg", "JPEG")):
+        ramp.save(tmp_path / name, format=fmt)
+        data = (tmp_path / name).read_bytes()
+        (tmp_path / name.replace("whole", "cut")).write_bytes(data[: len(data) // 2])
+    got = load_all(tmp_path)
+    assert isinstance(got["whole.png"], Study) and isinstance(got["whole.jpg"], Study)
+    for name in ("cut.png", "cut.jpg"):
+        assert isinstance(got[name], StudyError) and "truncated" in got[name].reason, got[name]

@@ -6,7 +6,9 @@ Rules (deterministic, sorted by name at every level):
   before its studies are yielded, so a study whose files are spread over one sub-folder's nested
   patient/study/series folders is found whole.
 - DICOM files (any name; header read with stop_before_pixels, force only when the preamble is
-  missing) are grouped by StudyInstanceUID; a file without one is a study on its own.
+  missing) are grouped by StudyInstanceUID; a file without one is a study on its own. What
+  load_study needs from each header travels in StudyRef.headers (headers.HeaderSummary: small,
+  picklable, no identifiers), so a header is read once per run.
 - PNG/JPEG files each form a study keyed by their relative path, unless they sit in a folder that
   holds DICOM files of exactly one study: then they ride along with that study (load_study prefers
   the DICOM images and notes the rasters).
@@ -29,9 +31,10 @@ from pathlib import Path
 from typing import Iterator
 
 from ..records import StudyError, StudyRef
-from .dicom import IngestError, header_problem, non_image_reason, read_dataset
+from .headers import read_header
 from .privacy import path_key, study_key
 from .raster import RASTER_SUFFIXES, is_raster
+from .types import HeaderSummary, IngestError
 
 # Files that accompany studies but are never studies themselves.
 IGNORED_SUFFIXES = frozenset(
@@ -47,8 +50,7 @@ class _Header:
     path: Path
     rel: str
     uid: str | None
-    non_image: str | None
-    forced: bool
+    summary: HeaderSummary
 
 
 def relpath(path: Path, root: Path) -> str:
@@ -151,9 +153,8 @@ def _scan_unit(files: list[Path], root: Path, secret: bytes, uid_count: dict[str
         if is_raster(path):
             rasters.append(path)
             continue
-        notes: list[str] = []
         try:
-            ds = read_dataset(path, header_only=True, notes=notes)
+            summary, ds = read_header(path)
         except IngestError as exc:
             reason = str(exc)
             if path.suffix.lower() not in DICOM_SUFFIXES and reason.startswith("not a DICOM file"):
@@ -161,12 +162,8 @@ def _scan_unit(files: list[Path], root: Path, secret: bytes, uid_count: dict[str
             else:
                 out.append(_file_error(path, root, secret, reason))
             continue
-        broken = header_problem(ds)
-        if broken:
-            out.append(_file_error(path, root, secret, broken))
-            continue
         uid = str(ds.get("StudyInstanceUID", "") or "").strip() or None
-        headers.append(_Header(path, relpath(path, root), uid, non_image_reason(ds), bool(notes)))
+        headers.append(_Header(path, relpath(path, root), uid, summary))
 
     groups: dict[str, list[_Header]] = defaultdict(list)
     for h in headers:
@@ -196,10 +193,13 @@ def _scan_unit(files: list[Path], root: Path, secret: bytes, uid_count: dict[str
             key = study_key(secret, uid) + (f"-{n}" if n > 1 else "")
         else:
             key = path_key(secret, members[0].rel, prefix="f-")
-        ref = StudyRef(key=key, source=_source(paths + extra, root), files=tuple(str(p) for p in paths + extra), uid=uid)
-        images = [h for h in members if h.non_image is None]
+        summaries = tuple(h.summary for h in sorted(members, key=lambda h: h.path))
+        # the same str objects as the summaries' paths, so a pickled ref stores each path once
+        files = tuple(h.path for h in summaries) + tuple(str(p) for p in extra)
+        ref = StudyRef(key=key, source=_source(paths + extra, root), files=files, uid=uid, headers=summaries)
+        images = [h for h in members if h.summary.non_image is None]
         if not images and not extra:
-            kinds = sorted({h.non_image or "" for h in members})
+            kinds = sorted({h.summary.non_image or "" for h in members})
             out.append(StudyError(ref=ref, stage="discover", reason="; ".join(kinds), status="skipped"))
         else:
             out.append(ref)

@@ -6,9 +6,12 @@ Image choice:
   first max_images files are used. Other files are listed in Study.notes, never silently dropped.
 - ct / mri: files are grouped by SeriesInstanceUID; series are ranked (ORIGINAL before DERIVED,
   localizers/scouts last, CT axial first, then more slices first) and the top max_images series
-  each become one montage of evenly spaced slices (see dicom.py). A series made of several
+  each become one montage of evenly spaced slices (see montage.py). A series made of several
   multi-frame files uses the file with the most frames.
 - PNG/JPEG studies: the raster file itself; context from its CSV/JSON sidecar.
+
+Headers come from the HeaderSummary discovery put in StudyRef.headers (read again only for a file
+without one or changed since); file hashes from fileio.sha256_file (see image_sha256).
 """
 
 from __future__ import annotations
@@ -16,32 +19,21 @@ from __future__ import annotations
 import hashlib
 import os
 from collections import defaultdict
-from datetime import date
 from pathlib import Path
 
-from pydicom.dataset import Dataset
-
+from ..fileio import sha256_file
 from ..records import ImageInput, Study, StudyContext, StudyError, StudyRef
-from .dicom import (
-    MAX_TILES,
-    IngestError,
-    Rendered,
-    Slice,
-    frame_count,
-    header_problem,
-    non_image_reason,
-    read_dataset,
-    render_slices,
-    sort_slices,
-    transfer_syntax,
-)
+from .dicom import render_slices
 from .discover import relpath
+from .headers import LATERAL, context_from, header_text, parse_age, parse_sex, read_header, view_of
+from .montage import sort_slices
 from .privacy import phi_from_dataset, scrub
 from .raster import is_raster, render_raster, sidecar_for
+from .read import frame_count, read_dataset
 from .route import UnsupportedModality, mismatch_reason, resolve_modality
+from .types import MAX_TILES, HeaderSummary, IngestError, Rendered, Slice
 
 FRONTAL = ("PA", "AP")
-LATERAL = frozenset({"LL", "RL", "LAT", "LATERAL", "L", "LLD", "RLD"})
 _MAX_NOTES = 20
 
 
@@ -84,102 +76,19 @@ def _infer_root(ref: StudyRef) -> Path:
     return first.parent
 
 
-def _sha256(paths: list[Path]) -> str:
-    digest = hashlib.sha256()
-    for p in paths:
-        with p.open("rb") as fh:
-            for chunk in iter(lambda: fh.read(1 << 20), b""):
-                digest.update(chunk)
-    return digest.hexdigest()
-
-
-# ---------------------------------------------------------------- context
-
-
-def parse_age(value: str | None) -> int | None:
-    """DICOM AS ("063Y", "006M", "010W", "003D") or a plain number -> whole years."""
-    if value in (None, ""):
-        return None
-    text = str(value).strip().upper()
-    unit = text[-1] if text and text[-1] in "YMWD" else "Y"
-    digits = text[:-1] if text and text[-1] in "YMWD" else text
-    try:
-        n = float(digits)
-    except ValueError:
-        return None
-    years = {"Y": n, "M": n / 12, "W": n / 52.18, "D": n / 365.25}[unit]
-    return int(years) if 0 <= years < 130 else None
-
-
-def _parse_da(value) -> date | None:
-    text = str(value or "").strip().replace(".", "").replace("-", "")
-    if len(text) < 8 or not text[:8].isdigit():
-        return None
-    try:
-        return date(int(text[:4]), int(text[4:6]), int(text[6:8]))
-    except ValueError:
-        return None
-
-
-def age_from_dates(birth, when) -> int | None:
-    b, w = _parse_da(birth), _parse_da(when)
-    if not b or not w or w < b:
-        return None
-    years = w.year - b.year - ((w.month, w.day) < (b.month, b.day))
-    return years if years < 130 else None
-
-
-def parse_sex(value) -> str | None:
-    text = str(value or "").strip().upper()
-    if text in ("M", "MALE", "MAN"):
-        return "M"
-    if text in ("F", "FEMALE", "WOMAN"):
-        return "F"
-    if text in ("O", "OTHER"):
-        return "O"
-    return None
-
-
-def view_of(ds: Dataset) -> str | None:
-    """ViewPosition normalised (PA, AP, LAT...), else a view word in the series description."""
-    raw = str(ds.get("ViewPosition", "") or "").strip().upper()
-    if raw:
-        return "LAT" if raw in LATERAL else raw
-    text = " ".join(str(ds.get(k, "") or "") for k in ("SeriesDescription", "ProtocolName")).upper()
-    words = set(text.replace("_", " ").replace("/", " ").split())
-    for w in ("PA", "AP"):
-        if w in words:
-            return w
-    if words & {"LAT", "LATERAL", "LL", "RL"}:
-        return "LAT"
-    return None
-
-
-def _text(ds: Dataset, *keys: str) -> str | None:
-    for k in keys:
-        v = ds.get(k)
-        if v not in (None, ""):
-            t = " ".join(str(v).split())
-            if t:
-                return t
-    return None
-
-
-def context_from(ds: Dataset, view: str | None) -> StudyContext:
-    age = parse_age(ds.get("PatientAge"))
-    if age is None:
-        when = ds.get("StudyDate") or ds.get("SeriesDate") or ds.get("AcquisitionDate") or ds.get("ContentDate")
-        age = age_from_dates(ds.get("PatientBirthDate"), when)
-    body = _text(ds, "BodyPartExamined")
-    return StudyContext(
-        age_years=age,
-        sex=parse_sex(ds.get("PatientSex")),
-        view=view,
-        indication=_text(ds, "ReasonForStudy", "ReasonForTheRequestedProcedure", "RequestedProcedureDescription"),
-        body_part=body.upper() if body else None,
-        study_description=_text(ds, "StudyDescription"),
-        dicom_modality=_text(ds, "Modality"),
-    )
+def image_sha256(files: list[Path]) -> str:
+    """What ImageInput.sha256 records: the SHA-256 of the file's bytes for an image made from one file;
+    for a multi-file series, the SHA-256 of its manifest in `sha256sum` format: one line
+    '<sha256 of the file>  <path relative to the series folder (the image's source)>' per file of
+    the series, sorted by that path (byte order). Reproduce it in the series folder with
+    `LC_ALL=C sha256sum $(LC_ALL=C ls) | sha256sum` (for a flat folder holding only the series).
+    File hashes come from fileio.sha256_file: each input is read once per run for hashing.
+    """
+    if len(files) == 1:
+        return sha256_file(files[0])
+    folder = os.path.commonpath([str(f.parent) for f in files])
+    lines = sorted((Path(os.path.relpath(f, folder)).as_posix(), sha256_file(f)) for f in files)
+    return hashlib.sha256("".join(f"{digest}  {name}\n" for name, digest in lines).encode()).hexdigest()
 
 
 # ---------------------------------------------------------------- DICOM studies
@@ -197,29 +106,31 @@ def _route(ref: StudyRef, ctx: StudyContext, modality: str, force: bool, notes: 
     return modality
 
 
+def _summaries(ref: StudyRef) -> dict[str, HeaderSummary]:
+    """The header summaries discovery made for this study, by file."""
+    return {str(Path(h.path)): h for h in ref.headers if isinstance(h, HeaderSummary)}
+
+
 def _load_dicom(ref, files, rasters, root, modality, max_images, force, include_phi) -> Study | StudyError:
     notes: list[str] = []
-    headers: list[tuple[Path, Dataset]] = []
+    headers: list[tuple[Path, HeaderSummary]] = []
     skipped: list[str] = []
     failures: list[str] = []
+    known = _summaries(ref)
     for path in files:
-        file_notes: list[str] = []
         rel = relpath(path, root)
-        try:
-            ds = read_dataset(path, header_only=True, notes=file_notes)
-        except IngestError as exc:
-            failures.append(f"{rel}: {exc}")
+        summary = known.get(str(path))
+        if summary is None or not summary.is_current():  # made elsewhere, or the file changed since
+            try:
+                summary, _ = read_header(path)
+            except IngestError as exc:
+                failures.append(f"{rel}: {exc}")
+                continue
+        if summary.non_image:
+            skipped.append(f"{rel}: {summary.non_image}")
             continue
-        why = non_image_reason(ds)
-        if why:
-            skipped.append(f"{rel}: {why}")
-            continue
-        broken = header_problem(ds)
-        if broken:
-            failures.append(f"{rel}: {broken}")
-            continue
-        notes.extend(f"{rel}: {n}" for n in file_notes)
-        headers.append((path, ds))
+        notes.extend(f"{rel}: {n}" for n in summary.notes)
+        headers.append((path, summary))
     if not headers:
         if rasters:
             return _load_raster(ref, rasters, root, modality, max_images, force)
@@ -260,8 +171,13 @@ def _load_dicom(ref, files, rasters, root, modality, max_images, force, include_
     notes.extend(f"not decoded {e}" for e in errors)
     view = images[0].view
     ctx = StudyContext(**{**ctx.__dict__, "view": view if template == "chest_xray" else ctx.view})
-    phi = phi_from_dataset(first) if include_phi else {}
+    phi = _identifiers(headers[0][0]) if include_phi else {}
     return Study(ref=ref, images=tuple(images), context=ctx, notes=_trim(notes), phi=phi)
+
+
+def _identifiers(path: Path) -> dict[str, str]:
+    """--include-phi only: the identifiers of the study's first image file (summaries keep none)."""
+    return phi_from_dataset(read_dataset(path, header_only=True))
 
 
 def _trim(notes: list[str]) -> tuple[str, ...]:
@@ -280,16 +196,16 @@ def _image_input(slices: list[Slice], rendered: Rendered, root: Path) -> ImageIn
     source = relpath(files[0], root) if len(files) == 1 else relpath(Path(os.path.commonpath([str(f.parent) for f in files])), root)
     return ImageInput(
         source=source,
-        sha256=_sha256(files),
+        sha256=image_sha256(files),
         image=rendered.image,
         kind="dicom",
         original_shape=rendered.original_shape,
         photometric=rendered.photometric,
-        transfer_syntax=transfer_syntax(first),
+        transfer_syntax=first.transfer_syntax,
         windowing=rendered.windowing,
         frames=rendered.frames,
         view=view_of(first),
-        series_description=_text(first, "SeriesDescription"),
+        series_description=header_text(first, "SeriesDescription"),
     )
 
 
@@ -315,9 +231,9 @@ def _chest_choice(headers, max_images, notes) -> tuple[list[list[Slice]], int]:
 
 def _series_choice(headers, max_images, notes, root, template) -> list[list[Slice]]:
     """Rank series and return one ordered slice list per series."""
-    by_series: dict[str, list[tuple[Path, Dataset]]] = defaultdict(list)
+    by_series: dict[str, list[tuple[Path, HeaderSummary]]] = defaultdict(list)
     for p, d in headers:
-        by_series[str(d.get("SeriesInstanceUID", "") or p.parent)].append((p, d))
+        by_series[d.series or str(p.parent)].append((p, d))
 
     def series_rank(items):
         d = items[0][1]
@@ -367,7 +283,7 @@ def _load_raster(ref, files, root, modality, max_images, force) -> Study | Study
             notes.append(f"context from sidecar {side_name}")
         notes.extend(rendered.notes)
         images.append(ImageInput(
-            source=rel, sha256=_sha256([path]), image=rendered.image, kind="raster",
+            source=rel, sha256=image_sha256([path]), image=rendered.image, kind="raster",
             original_shape=rendered.original_shape, photometric=rendered.photometric,
             windowing=rendered.windowing, frames=rendered.frames, view=_raster_view(fields.get("view")),
         ))

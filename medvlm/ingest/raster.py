@@ -4,14 +4,14 @@ from __future__ import annotations
 
 import csv
 import json
-import warnings
 from pathlib import Path
 
 import numpy as np
-from PIL import Image, ImageOps
+from PIL import Image, ImageFile, ImageOps
 
-from .dicom import MAX_FRAME_PIXELS, MAX_SIDE, IngestError, Rendered, captured
+from .capture import captured
 from .privacy import scrub
+from .types import MAX_FRAME_PIXELS, MAX_SIDE, IngestError, Rendered
 
 RASTER_SUFFIXES = frozenset({".png", ".jpg", ".jpeg"})
 SIDECAR_SUFFIXES = (".json", ".csv")
@@ -49,6 +49,8 @@ def render_raster(path: Path) -> Rendered:
                         "(possible decompression bomb)"
                     )
                 mode = img.mode
+                if ImageFile.LOAD_TRUNCATED_IMAGES and not _reaches_end_marker(path, img.format):
+                    raise OSError("image file is truncated")  # what Pillow says when loading strictly
                 img = ImageOps.exif_transpose(img)
                 img.load()
                 rgb, how = _to_rgb8(img)
@@ -64,6 +66,22 @@ def render_raster(path: Path) -> Rendered:
         rgb.thumbnail((MAX_SIDE, MAX_SIDE), Image.Resampling.LANCZOS)
     shape = (h, w, 3) if mode in ("RGB", "RGBA", "P", "CMYK", "YCbCr") else (h, w)
     return Rendered(rgb, shape, mode, how, "frame 1 of 1", notes)
+
+
+def _reaches_end_marker(path: Path, fmt: str | None) -> bool:
+    """Whether a PNG has its IEND chunk, a JPEG its end-of-image marker after the last scan.
+
+    Pillow refuses truncated files unless ImageFile.LOAD_TRUNCATED_IMAGES is set, a process-wide
+    switch that other libraries turn on (WeasyPrint does on import, so after the first PDF report a
+    truncated input would decode as a half-gray image); then this check refuses them instead.
+    """
+    data = path.read_bytes()
+    if fmt == "PNG":
+        at = data.rfind(b"IEND")
+        return at >= 4 and len(data) >= at + 8  # chunk type, then its CRC
+    if fmt == "JPEG":
+        return data.rfind(b"\xff\xd9") > data.rfind(b"\xff\xda")  # EOI after the start of the last scan
+    return True
 
 
 def _to_rgb8(img: Image.Image) -> tuple[Image.Image, str]:
@@ -150,8 +168,7 @@ def sidecar_for(image: Path) -> tuple[dict[str, str], str | None, list[str]]:
         if not cand.is_file():
             continue
         try:
-            with warnings.catch_warnings():
-                warnings.simplefilter("ignore")
+            with captured([]):  # a sidecar's warnings are not the study's business (and stay off the console)
                 rows = _read_table(cand)
         except (OSError, ValueError, csv.Error, UnicodeDecodeError) as exc:
             notes.append(f"sidecar {cand.name} unreadable ({type(exc).__name__}); ignored")
