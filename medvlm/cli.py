@@ -197,6 +197,45 @@ def export(
 
 
 @app.command()
+def evaluate(
+    run_dir: Path = typer.Argument(..., help="Output folder of a batch."),
+    truth: Path = typer.Option(..., "--truth", help="Label table: long (study,findings), wide (1/0/-1/blank) or NIH."),
+    out_dir: Optional[Path] = typer.Option(None, "--out", "-o", help="Folder for evaluation.json/.html/.png (default: the run)."),
+    uncertain_as: str = typer.Option("negative", "--uncertain-as", help="positive, negative or ignore (labels -1 and uncertain findings)."),
+    mapping: Optional[Path] = typer.Option(None, "--map", help="YAML/JSON/CSV mapping of the table's label names to medvlm codes."),
+    id_column: Optional[str] = typer.Option(None, "--id-column", help="Column naming the study (default: study, Path, Image Index...)."),
+) -> None:
+    """Compare a run's findings with a label table: per-finding counts, sensitivity, specificity, PPV, F1."""
+    from rich.table import Table
+
+    from .errors import UsageProblem
+    from .evaluate import console_rows, evaluate_run, summary_lines
+
+    for path, what in ((truth, "truth table"), (mapping, "mapping file")):
+        if path is not None and not path.is_file():
+            fail(f"{what} not found: {path}")
+    try:
+        result = evaluate_run(run_dir, truth, out=out_dir, uncertain_as=uncertain_as, mapping=mapping, id_column=id_column)
+    except UsageProblem as exc:
+        fail(first_line(exc))
+    except OSError as exc:
+        fail(f"cannot write the evaluation: {exc.strerror or first_line(exc)}: {exc.filename or out_dir}")
+    from rich import box
+
+    table = Table("finding", "pos", "TP", "FP", "FN", "TN", "sens", "spec", "PPV", "F1 [95% CI]", box=box.SIMPLE_HEAD,
+                  pad_edge=False)
+    for row in console_rows(result.evaluation):
+        table.add_row(*row)
+    if not out.is_terminal:
+        out.width = max(out.width, 112)  # a log file or pipe: no reason to wrap the table at 80 columns
+    out.print(table)
+    for line in summary_lines(result.evaluation):
+        out.print(line, soft_wrap=True, markup=False, highlight=False)
+    out.print(f"-> {result.files['evaluation.html']}" + (" (linked from the run's index.html)" if result.linked_from_index else ""),
+              soft_wrap=True, markup=False)
+
+
+@app.command()
 def bench(
     studies: Path = typer.Argument(..., help="Folder of studies to benchmark on."),
     model: str = typer.Option("bench", "--model", help="Preset (bench: ~0.6B random-weight Gemma3), directory or hub id."),

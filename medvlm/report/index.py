@@ -95,6 +95,31 @@ def index_entry(out_dir: Path, row: dict) -> dict:
     }
 
 
+def evaluations(out_dir: Path) -> list[dict]:
+    """Evaluation pages (`medvlm evaluate`) in the run folder or a sub-folder that is not a study, newest first."""
+    from ..fileio import sha256_file
+
+    out_dir = Path(out_dir)
+    summary = out_dir / "summary.csv"
+    current = sha256_file(summary) if summary.is_file() else None
+    found = []
+    for path in [out_dir / "evaluation.json", *sorted(out_dir.glob("*/evaluation.json"))]:
+        page = path.with_name("evaluation.html")
+        if not path.is_file() or not page.is_file() or (path.parent / "report.json").exists():
+            continue
+        doc = _read_report(path) or {}
+        micro = doc.get("micro_f1") or {}
+        found.append({
+            "href": _href(out_dir, page.resolve()),
+            "truth": Path(str((doc.get("truth") or {}).get("path", ""))).name,
+            "micro_f1": micro.get("value") if isinstance(micro, dict) else None,
+            "studies": (doc.get("counts") or {}).get("evaluated_studies"),
+            "created_at": doc.get("created_at", ""),
+            "stale": bool(current and doc.get("run_summary_sha256") not in (None, current)),
+        })
+    return sorted(found, key=lambda e: e["created_at"], reverse=True)
+
+
 def index_context(out_dir: Path, rows: list[dict]) -> dict:
     """Everything index.html.j2 needs: entries sorted most urgent first, counts and filter choices."""
     out_dir = Path(out_dir)
@@ -110,6 +135,7 @@ def index_context(out_dir: Path, rows: list[dict]) -> dict:
         "demo_notice": next((e["demo"] for e in entries if e["demo"]), None),
         "models": sorted({e["model"] for e in entries if e["model"]}),
         "title": out_dir.resolve().name,
+        "evaluations": evaluations(out_dir),
     }
 
 
