@@ -23,6 +23,7 @@ PRESETS: dict[str, Preset] = {
     p.name: p
     for p in (
         Preset("medgemma-4b", "google/medgemma-4b-it", "MedGemma 4B instruction-tuned (Gemma3 + SigLIP), medical"),
+        Preset("medgemma-1.5-4b", "google/medgemma-1.5-4b-it", "MedGemma 1.5 4B instruction-tuned (Gemma3 + SigLIP), medical"),
         Preset("smolvlm-256m", "HuggingFaceTB/SmolVLM-256M-Instruct", "SmolVLM 256M, general, small enough for CPU"),
         Preset("smolvlm-2b", "HuggingFaceTB/SmolVLM-Instruct", "SmolVLM 2B, general"),
         Preset("qwen2.5-vl-3b", "Qwen/Qwen2.5-VL-3B-Instruct", "Qwen2.5-VL 3B, general"),
@@ -30,6 +31,17 @@ PRESETS: dict[str, Preset] = {
         Preset("bench", None, "~0.6B Gemma3-shaped model with random weights, for benchmarks", random="bench"),
     )
 }
+
+
+PRESET_CONFIGS = Path(__file__).resolve().parent / "preset_configs"
+
+
+def preset_config_dir(name: str) -> Path:
+    """The published config, generation config and processor configs of a preset, shipped with medvlm (no weights)."""
+    path = PRESET_CONFIGS / name
+    if name not in PRESETS or PRESETS[name].random or not (path / "config.json").is_file():
+        raise ModelUnavailable(f"no published configuration is shipped for {name!r}")
+    return path
 
 
 @dataclass(frozen=True)
