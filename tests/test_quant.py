@@ -50,7 +50,7 @@ def test_bitsandbytes_configs():
 
 def test_cuda_quant_without_bitsandbytes_names_the_install(monkeypatch, demo_model_dir):
     monkeypatch.setattr(hf_options, "pick_device", lambda d: "cuda")
-    monkeypatch.setattr(hf_options, "pick_dtype", lambda d, dev, mode="none": torch.bfloat16)
+    monkeypatch.setattr(hf_options, "pick_dtype", lambda d, dev, mode="none", model_type=None: torch.bfloat16)
     monkeypatch.setattr(hf_options, "bnb_available", lambda: False)
     with pytest.raises(ModelUnavailable, match="bitsandbytes"):
         load_backend("demo", quant="int8", check_memory=False)
@@ -88,7 +88,7 @@ def test_int8_converts_language_model_linears_and_records_it(demo_backend):
     assert all(p.dtype == torch.float32 for p in language.parameters())
     assert demo_backend._pixel_dtype == torch.bfloat16
     info = demo_backend.info
-    assert info.quantization.startswith("int8") and "layer by layer" in info.quantization
+    assert info.quantization.startswith("int8") and "one decoder layer at a time" in info.quantization
     assert info.details["quant_mode"] == "int8"
 
 
@@ -154,7 +154,10 @@ def test_streamed_int8_load_matches_from_pretrained_then_quantize(monkeypatch, d
     monkeypatch.setenv(streamed_load.STREAMED_LOAD_ENV, "0")
     old = load_backend("demo", quant="int8")
     assert streamed == [1]  # the old path did not stream
-    assert new.info.quantization == old.info.quantization
+    # Same conversion; provenance says how the checkpoint was read.
+    assert new.info.quantization.split("; checkpoint")[0] == old.info.quantization.split("; checkpoint")[0]
+    assert "checkpoint streamed" in new.info.quantization
+    assert f"loaded with from_pretrained in bf16 ({streamed_load.STREAMED_LOAD_ENV}=0)" in old.info.quantization
     assert _greedy_ids(new) == _greedy_ids(old)
     new_state, old_state = new.model.state_dict(), old.model.state_dict()
     assert new_state.keys() == old_state.keys()

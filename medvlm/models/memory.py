@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import json
+import math
 import os
+import re
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -17,6 +19,11 @@ TORCH_DTYPE_BYTES = {"float32": 4, "bfloat16": 2, "float16": 2}
 RUNTIME_OVERHEAD = int(0.5 * GB)
 TEXT_TOKENS_ALLOWANCE = 512  # system + user prompt text, generous
 MEMORY_LIMIT_ENV = "MEDVLM_MEMORY_LIMIT_BYTES"
+LARGEST_IMAGE_SIDE = 2048  # ingest keeps one image's long side within this (ingest.dicom.MAX_SIDE)
+# Decoder-layer weights of the language model, under every naming the supported checkpoints use:
+# Gemma 3 / Qwen2.5-VL (model.language_model.layers, language_model.model.layers, model.layers) and
+# Idefics3 / SmolVLM (model.text_model.layers).
+_LANGUAGE_LAYERS = re.compile(r"(^|\.)(language_model|text_model)\.(model\.)?layers\.|^model\.layers\.")
 
 
 @dataclass(frozen=True)
@@ -84,9 +91,9 @@ def param_counts(model_dir: Path) -> ParamCounts:
             total += n
             stored += n * DTYPE_BYTES.get(meta["dtype"], 4)
             is_linear = len(meta["shape"]) == 2 and name.endswith(".weight")
-            if "embed_tokens" in name and "language_model" in name or name.endswith("embed_tokens.weight"):
+            if name.endswith("embed_tokens.weight"):
                 embed = max(embed, n)
-            elif is_linear and ("language_model" in name or name.startswith("model.layers")):
+            elif is_linear and _LANGUAGE_LAYERS.search(name):
                 quantizable += n
     config = _read_config(model_dir)
     tied = config.get("tie_word_embeddings", _text_config(config).get("tie_word_embeddings", True))
@@ -96,11 +103,92 @@ def param_counts(model_dir: Path) -> ParamCounts:
     return ParamCounts(total, quantizable, embed if (tied and not has_head) else 0, stored)
 
 
-def _read_config(model_dir: Path) -> dict:
+def param_counts_from_config(model_dir: Path) -> ParamCounts:
+    """Count parameters by building the architecture from config.json on the meta device (no weights needed)."""
+    import torch
+    from transformers import AutoConfig, AutoModelForImageTextToText
+    from transformers.utils import logging as hf_logging
+
+    from .hf.int8 import language_model
+
+    hf_logging.set_verbosity_error()
     try:
-        return json.loads((Path(model_dir) / "config.json").read_text())
+        config = AutoConfig.from_pretrained(model_dir)
+        with torch.device("meta"):
+            model = AutoModelForImageTextToText.from_config(config)
+    except (OSError, ValueError, KeyError, TypeError, ImportError) as exc:
+        from ..errors import first_line
+
+        raise ModelUnavailable(f"cannot build the architecture in {model_dir}/config.json: {first_line(exc)}") from None
+    total = sum(p.numel() for p in model.parameters())  # a tied lm_head is one parameter, counted once
+    language = language_model(model)
+    layers = getattr(language, "layers", None) if language is not None else None
+    quantizable = sum(
+        m.weight.numel() for m in (layers or language or model).modules() if isinstance(m, torch.nn.Linear)
+    )
+    head, embed = model.get_output_embeddings(), model.get_input_embeddings()
+    tied = head is not None and embed is not None and head.weight is embed.weight
+    if head is not None and not tied:
+        quantizable += head.weight.numel()
+    width = TORCH_DTYPE_BYTES.get(str(_read_config(model_dir).get("torch_dtype", "bfloat16")), 2)
+    return ParamCounts(total, quantizable, head.weight.numel() if tied else 0, total * width)
+
+
+def _read_config(model_dir: Path, name: str = "config.json") -> dict:
+    try:
+        value = json.loads((Path(model_dir) / name).read_text())
     except (OSError, ValueError):
         return {}
+    return value if isinstance(value, dict) else {}
+
+
+def _processor_settings(model_dir: Path) -> dict:
+    """Image processor settings, from preprocessor_config.json or (newer saves) processor_config.json."""
+    processor = _read_config(model_dir, "processor_config.json")
+    merged = dict(processor.get("image_processor") or {})
+    merged.update(_read_config(model_dir, "preprocessor_config.json"))
+    merged.update({k: v for k, v in processor.items() if k != "image_processor"})
+    return merged
+
+
+def _edge(value, default: int) -> int:
+    if isinstance(value, dict):
+        value = value.get("longest_edge", value.get("height", default))
+    return int(value or default)
+
+
+def image_tokens(config: dict, settings: dict) -> tuple[int, int]:
+    """(language-model tokens, vision-encoder patches) per image for this architecture and processor.
+
+    Gemma 3: a fixed number of soft tokens per image. Idefics3/SmolVLM: the image is resized to at most
+    `size.longest_edge`, split into `max_image_size` tiles plus one global view, each tile giving
+    `image_seq_len` tokens. Qwen2-VL style: a pixel budget (medvlm's cap, processor.QWEN_MAX_PIXELS)
+    divided into 28x28 merged patches.
+    """
+    vision = config.get("vision_config") or {}
+    patch = int(vision.get("patch_size", 14) or 14)
+    image = int(vision.get("image_size", 896) or 896)
+    kind = str(settings.get("image_processor_type", ""))
+    if kind.startswith("Qwen2VL") or "max_pixels" in settings or config.get("model_type") in ("qwen2_vl", "qwen2_5_vl"):
+        from .hf.processor import QWEN_MAX_PIXELS
+
+        budget = _edge(settings.get("size"), 0) or int(settings.get("max_pixels") or QWEN_MAX_PIXELS)
+        budget = min(budget, QWEN_MAX_PIXELS, LARGEST_IMAGE_SIDE**2)
+        merge = int(settings.get("merge_size", vision.get("spatial_merge_size", 2)) or 2)
+        unit = int(settings.get("patch_size", patch)) * merge
+        tokens = max(1, budget // (unit * unit))
+        return tokens + 2, tokens * merge * merge  # + vision start/end markers
+    seq = settings.get("image_seq_len") or config.get("image_seq_len")
+    if config.get("model_type") == "idefics3" or seq:
+        scale = int(config.get("scale_factor", 1) or 1)
+        per_tile_patches = (image // patch) ** 2
+        seq = int(seq or per_tile_patches // (scale * scale))
+        tile = _edge(settings.get("max_image_size"), image)
+        longest = min(_edge(settings.get("size"), tile), LARGEST_IMAGE_SIDE)
+        tiles = math.ceil(longest / tile) ** 2 + 1 if settings.get("do_image_splitting", True) and longest > tile else 1
+        return tiles * (seq + 3), tiles * per_tile_patches  # + row/column and fake-image markers
+    tokens = int(config.get("mm_tokens_per_image", settings.get("image_seq_length", 256)) or 256)
+    return tokens + 4, (image // patch) ** 2  # + begin/end-of-image and the newlines around them
 
 
 def model_shape(model_dir: Path) -> ModelShape:
@@ -110,17 +198,16 @@ def model_shape(model_dir: Path) -> ModelShape:
     vision = config.get("vision_config") or {}
     heads = int(text.get("num_attention_heads", 16))
     hidden = int(text.get("hidden_size", 2048))
-    image = int(vision.get("image_size", 896))
-    patch = int(vision.get("patch_size", 14))
+    tokens, patches = image_tokens(config, _processor_settings(model_dir))
     return ModelShape(
         layers=int(text.get("num_hidden_layers", 32)),
         kv_heads=int(text.get("num_key_value_heads", heads)),
-        head_dim=int(text.get("head_dim", hidden // max(heads, 1))),
+        head_dim=int(text.get("head_dim") or hidden // max(heads, 1)),
         hidden=hidden,
         intermediate=int(text.get("intermediate_size", 4 * hidden)),
-        vocab=int(text.get("vocab_size", 32000)),
-        image_tokens=int(config.get("mm_tokens_per_image", 256)),
-        patches=(image // max(patch, 1)) ** 2,
+        vocab=int(text.get("vocab_size", config.get("vocab_size", 32000))),
+        image_tokens=tokens,
+        patches=patches,
         vision_hidden=int(vision.get("hidden_size", 1152)),
         vision_intermediate=int(vision.get("intermediate_size", 4304)),
     )

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import re
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -53,6 +54,9 @@ class ResolvedModel:
     random: str | None
 
 
+_HUB_ID = re.compile(r"[A-Za-z0-9][\w.-]*/[\w.-]+")  # org/name; a path that does not exist is not one
+
+
 def _hf_cache_snapshot(hub_id: str) -> tuple[Path, str | None] | None:
     """Local snapshot of a hub repo if the HF cache holds a complete one (no network)."""
     try:
@@ -90,10 +94,10 @@ def resolve(name_or_path: str) -> ResolvedModel:
             raise ModelUnavailable(f"{override} (from the environment) is not a Hugging Face model directory.")
         return ResolvedModel(preset.name, str(override), override, None, None)
     hub_id = preset.hub_id if preset else name_or_path
-    if preset is None and name_or_path.count("/") != 1:
+    if preset is None and not _HUB_ID.fullmatch(name_or_path):
         raise ModelUnavailable(
-            f"unknown model {name_or_path!r}: use a preset ({', '.join(PRESETS)}), "
-            "a local model directory, or a Hugging Face hub id like org/name."
+            f"unknown model {name_or_path!r}: not a preset ({', '.join(PRESETS)}), an existing model folder, "
+            "or a Hugging Face hub id like org/name."
         )
     cached = _hf_cache_snapshot(hub_id)
     if cached is None:
@@ -104,6 +108,22 @@ def resolve(name_or_path: str) -> ResolvedModel:
         )
     path, revision = cached
     return ResolvedModel(preset.name if preset else name_or_path, hub_id, path, revision, None)
+
+
+def model_type_of(name_or_path: str) -> str | None:
+    """The `model_type` in the config of what `name_or_path` resolves to (None when it is not on this machine)."""
+    import json
+
+    try:
+        resolved = resolve(name_or_path)
+    except ModelUnavailable:
+        return None
+    if resolved.random:
+        return "gemma3"  # demo and bench are Gemma3-shaped
+    try:
+        return json.loads((Path(resolved.local_dir) / "config.json").read_text()).get("model_type")
+    except (OSError, ValueError, AttributeError):
+        return None
 
 
 def model_identity(name: str) -> dict:

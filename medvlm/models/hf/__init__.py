@@ -26,9 +26,11 @@ class HFKind:
         return HFOptions.from_mapping(dict(options)).as_dict()
 
     def identity(self, model: str, options: Mapping[str, Any]) -> dict:
+        from ..registry import model_type_of
         from .identity import hf_identity
 
-        return hf_identity(model, resolve_options(HFOptions.from_mapping(dict(options))))
+        model_type = model_type_of(model)
+        return hf_identity(model, resolve_options(HFOptions.from_mapping(dict(options)), model_type), model_type)
 
     def load(self, request: LoadRequest) -> Backend:
         from .backend import HFBackend

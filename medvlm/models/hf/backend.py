@@ -16,6 +16,8 @@ from ..checkpoint import weights_digest
 from ..registry import resolve
 from . import int8, options, streamed_load
 from .identity import hf_identity
+from .processor import cap_visual_tokens, load_processor
+from .tokens import control_token_ids
 
 
 class HFBackend(BackendBase):
@@ -41,14 +43,15 @@ class HFBackend(BackendBase):
 
             local_dir = ensure_random_model(DEMO_SPEC if resolved.random == "demo" else BENCH_SPEC)
         import torch
-        from transformers import AutoModelForImageTextToText, AutoProcessor
+        from transformers import AutoModelForImageTextToText
         from transformers.utils import logging as hf_logging
 
         hf_logging.set_verbosity_error()
         hf_logging.disable_progress_bar()
         dev = options.pick_device(device)
         mode = options.pick_quant(quant, dev)
-        torch_dtype = options.pick_dtype(dtype, dev, mode)
+        model_type = _model_type(local_dir)
+        torch_dtype = options.pick_dtype(dtype, dev, mode, model_type)
         estimate = None
         if check_memory:
             from ..memory import check_model_fits
@@ -78,24 +81,32 @@ class HFBackend(BackendBase):
             # Load at half width and convert one decoder layer at a time, so fp32 and int8 copies
             # of the whole language model never coexist (peak = bf16 model + one fp32 layer).
             kwargs["dtype"] = torch.bfloat16
+        int8_load = None
         try:
-            self.processor = AutoProcessor.from_pretrained(local_dir)
+            self.processor = load_processor(local_dir)
             model = None
             if cpu_int8 and os.environ.get(streamed_load.STREAMED_LOAD_ENV, "1") != "0":
                 try:
                     model = streamed_load.load_cpu_int8_streamed(local_dir, int8.int8_kernels())
-                except streamed_load.StreamFallback:
+                    int8_load = "streamed and converted one decoder layer at a time"
+                except streamed_load.StreamFallback as exc:
                     model = None
+                    int8_load = f"loaded with from_pretrained in bf16 (streamed load not possible: {first_line(exc)})"
                     int8.release_freed_memory()
+            elif cpu_int8:
+                int8_load = f"loaded with from_pretrained in bf16 ({streamed_load.STREAMED_LOAD_ENV}=0)"
             if model is None:
                 model = AutoModelForImageTextToText.from_pretrained(local_dir, **kwargs)
         except (OSError, ValueError, KeyError, ImportError) as exc:
-            raise ModelUnavailable(f"cannot load model from {local_dir}: {first_line(exc)}") from None
+            raise ModelUnavailable(f"cannot load model from {local_dir}: {_reason(exc)}") from None
+        if getattr(self.processor, "image_processor", None) is None:
+            raise ModelUnavailable(f"cannot load model from {local_dir}: its processor has no image processor.")
+        image_overrides = cap_visual_tokens(self.processor)
         model.eval()
         if "device_map" not in kwargs:
             model.to(dev)
         if cpu_int8:
-            quant_desc = int8.quantize_cpu_int8(model)
+            quant_desc = f"{int8.quantize_cpu_int8(model)}; checkpoint {int8_load}"
             int8.release_freed_memory()
         self.model = model
         self._pixel_dtype = int8.vision_dtype(model)
@@ -105,6 +116,7 @@ class HFBackend(BackendBase):
         tokenizer.padding_side = "left"  # decoder-only generation needs left padding in a batch
         self.tokenizer = tokenizer
         self.eos_ids = self._eos_ids()
+        self.markup_ids = control_token_ids(tokenizer, self.processor) - self.eos_ids
         random_meta = Path(local_dir) / "medvlm_random_model.json"
         meta = json.loads(random_meta.read_text()) if random_meta.is_file() else {}
         self.info = ModelInfo(
@@ -118,11 +130,16 @@ class HFBackend(BackendBase):
             device=dev,
             weights_digest=weights_digest(local_dir),
             backend="hf",
-            identity=hf_identity(resolved.name, options.ResolvedOptions(dev, str(torch_dtype).replace("torch.", ""), mode)),
+            identity=hf_identity(
+                resolved.name, options.ResolvedOptions(dev, str(torch_dtype).replace("torch.", ""), mode), model_type
+            ),
             parameters=sum(p.numel() for p in model.parameters()),
             details={
                 "architecture": type(model).__name__,
+                "model_type": model_type,
                 "quant_mode": mode,
+                "int8_load": int8_load,
+                "image_processor_overrides": image_overrides,
                 "threads": torch.get_num_threads(),
                 "attention": getattr(model.config, "_attn_implementation", None),
                 "memory_estimate_bytes": (
@@ -201,7 +218,8 @@ class HFBackend(BackendBase):
                     ended = True
                     break
                 tokens.append(tok)
-            text = self.tokenizer.decode(tokens, skip_special_tokens=True).strip()
+            kept = [t for t in tokens if t not in self.markup_ids]
+            text = self.tokenizer.decode(kept, skip_special_tokens=False).strip()
             if not text:
                 status = "empty"
             elif ended:
@@ -223,6 +241,20 @@ class HFBackend(BackendBase):
 
     def timing(self, prepared: "PreparedBatch") -> BatchTiming:
         return BatchTiming(prepared.preprocess_s, prepared.prefill_s, prepared.decode_s, prepared.generated_tokens)
+
+
+def _model_type(local_dir) -> str | None:
+    try:
+        return json.loads((Path(local_dir) / "config.json").read_text()).get("model_type")
+    except (OSError, ValueError, AttributeError):
+        return None
+
+
+def _reason(exc: BaseException) -> str:
+    """One line for a load failure; transformers' ImportErrors start with an empty line."""
+    if "torchvision" in str(exc).lower():
+        return "its processor needs torchvision (pip install torchvision, the build matching your torch)"
+    return first_line(exc)
 
 
 @dataclass

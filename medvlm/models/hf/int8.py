@@ -6,16 +6,34 @@ import warnings
 
 from ...errors import ModelUnavailable
 
-def language_model(model):
+# Where the parts of a VLM live, by architecture: Gemma 3 / LLaVA-style (language_model, vision_tower,
+# multi_modal_projector), Qwen2.5-VL (language_model, visual with its merger inside), Idefics3/SmolVLM
+# (text_model, vision_model, connector).
+LANGUAGE_PARTS = ("language_model", "text_model")
+VISION_PARTS = ("vision_tower", "visual", "vision_model")
+PROJECTOR_PARTS = ("multi_modal_projector", "connector")
+
+
+def _parts(model, names):
     inner = getattr(model, "model", model)
-    return getattr(inner, "language_model", None)
+    return [getattr(inner, name) for name in names if getattr(inner, name, None) is not None]
+
+
+def language_model(model):
+    found = _parts(model, LANGUAGE_PARTS)
+    return found[0] if found else None
+
+
+def vision_modules(model) -> list:
+    """The vision encoder and the projector into the language model, whatever the architecture calls them."""
+    return _parts(model, VISION_PARTS) + _parts(model, PROJECTOR_PARTS)
 
 
 def vision_dtype(model):
     import torch
 
-    tower = getattr(getattr(model, "model", model), "vision_tower", None)
-    for p in (tower or model).parameters():
+    towers = _parts(model, VISION_PARTS)
+    for p in (towers[0] if towers else model).parameters():
         if p.is_floating_point():
             return p.dtype
     return torch.float32
@@ -124,7 +142,7 @@ def quantize_cpu_int8(model) -> str:
         # and projector stay bf16: they are compute-bound (one pass per image) and AMX/AVX512-bf16
         # runs them several times faster than fp32; their output is cast to fp32 where it joins the text.
         inner = getattr(model, "model", model)
-        keep_bf16 = [m for m in (getattr(inner, "vision_tower", None), getattr(inner, "multi_modal_projector", None)) if m is not None]
+        keep_bf16 = vision_modules(model)
         for m in keep_bf16:
             m.to(torch.bfloat16)
         for m in model.children():
@@ -141,5 +159,5 @@ def quantize_cpu_int8(model) -> str:
     vision = "vision tower bf16" if keep_bf16 else "no vision tower"
     return (
         f"int8 dynamic per-channel (torch.ao, {kernels} kernels) on language-model Linear layers incl. lm_head; "
-        f"{vision}; loaded bf16, converted layer by layer"
+        f"{vision}"
     )

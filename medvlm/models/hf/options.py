@@ -8,6 +8,9 @@ from ...errors import ModelUnavailable
 
 QUANT_MODES = ("none", "int8", "int4", "auto")
 DTYPES = ("auto", "float32", "bfloat16", "float16")
+# Architectures whose activations overflow float16 (Gemma 3 was trained in bfloat16; its residual stream
+# exceeds fp16's range and generation turns into NaN/garbage): `auto` never picks fp16 for them.
+NO_FLOAT16 = {"gemma3", "gemma3_text"}
 
 
 @dataclass(frozen=True)
@@ -50,12 +53,12 @@ class ResolvedOptions:
         return asdict(self)
 
 
-def resolve_options(options: HFOptions) -> ResolvedOptions:
-    """Resolve `auto` for this machine (imports torch; loads nothing)."""
+def resolve_options(options: HFOptions, model_type: str | None = None) -> ResolvedOptions:
+    """Resolve `auto` for this machine and this architecture (imports torch; loads nothing)."""
     options.check()
     device = pick_device(options.device)
     mode = pick_quant(options.quant, device)
-    dtype = pick_dtype(options.dtype, device, mode)
+    dtype = pick_dtype(options.dtype, device, mode, model_type)
     return ResolvedOptions(device, str(dtype).replace("torch.", ""), mode)
 
 
@@ -69,13 +72,27 @@ def pick_device(device: str) -> str:
     return device
 
 
-def pick_dtype(dtype: str, device: str, mode: str = "none"):
+def auto_dtype_name(device: str, bf16_supported: bool, model_type: str | None = None) -> str:
+    """What `--dtype auto` means for a device and architecture (pure: the caller asks the device about bf16)."""
+    if not device.startswith("cuda"):
+        return "float32"  # CPU: fp32 compute (dynamic int8 dequantises into fp32)
+    if bf16_supported:
+        return "bfloat16"
+    return "float32" if model_type in NO_FLOAT16 else "float16"
+
+
+def pick_dtype(dtype: str, device: str, mode: str = "none", model_type: str | None = None):
+    """The torch dtype for `--dtype` on `device`; float16 is refused for architectures that overflow in it."""
     import torch
 
     if dtype == "auto":
-        if device.startswith("cuda"):
-            return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
-        return torch.float32  # CPU: fp32 compute (dynamic int8 dequantises into fp32)
+        bf16 = device.startswith("cuda") and torch.cuda.is_bf16_supported()
+        return getattr(torch, auto_dtype_name(device, bf16, model_type))
+    if dtype == "float16" and model_type in NO_FLOAT16:
+        raise ModelUnavailable(
+            f"--dtype float16 is not safe for {model_type} models (activations overflow float16); "
+            "use --dtype bfloat16, float32 or auto."
+        )
     return getattr(torch, dtype)
 
 
