@@ -100,14 +100,41 @@ def batch(
 
 
 @app.command()
-def models() -> None:
-    """List model presets, whether each is available on this machine, and where."""
-    from rich.table import Table
+def models(
+    check: Optional[str] = typer.Option(None, "--check", help="Size a preset or model folder from its config alone."),
+    as_json: bool = typer.Option(False, "--json", help="Machine-readable output."),
+) -> None:
+    """List model presets, whether each is available on this machine, and where; --check sizes one without weights."""
+    import json
 
+    from .errors import UsageProblem
+
+    if check is not None:
+        from .models.check import check as check_model, check_lines
+
+        try:
+            result = check_model(check)
+        except UsageProblem as exc:
+            fail(first_line(exc))
+        if as_json:
+            print(json.dumps(result, indent=2))
+        else:
+            print("\n".join(check_lines(result)))
+        return
     from .models import availability
 
+    rows = availability()
+    if as_json:
+        print(json.dumps(rows, indent=2))
+        return
+    if not sys.stdout.isatty():  # piped: one full line per preset, nothing cut to the terminal width
+        for row in rows:
+            print("\t".join([row["name"], "yes" if row["available"] else "no", row["local_dir"] or "-", row["source"]]))
+        return
+    from rich.table import Table
+
     table = Table("preset", "available", "local directory", "source / description")
-    for row in availability():
+    for row in rows:
         table.add_row(
             row["name"], "yes" if row["available"] else "no", row["local_dir"] or "-", f"{row['source']}\n{row['description']}"
         )
