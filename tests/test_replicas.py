@@ -374,7 +374,7 @@ def test_checkpoint_header_counts_agree_with_the_architecture(replicas, preset):
 
 
 def test_largest_image_side_is_the_ingest_limit():
-    from medvlm.ingest.dicom import MAX_SIDE
+    from medvlm.ingest.types import MAX_SIDE
     from medvlm.models.memory import LARGEST_IMAGE_SIDE
 
     assert LARGEST_IMAGE_SIDE == MAX_SIDE

@@ -19,7 +19,7 @@ TORCH_DTYPE_BYTES = {"float32": 4, "bfloat16": 2, "float16": 2}
 RUNTIME_OVERHEAD = int(0.5 * GB)
 TEXT_TOKENS_ALLOWANCE = 512  # system + user prompt text, generous
 MEMORY_LIMIT_ENV = "MEDVLM_MEMORY_LIMIT_BYTES"
-LARGEST_IMAGE_SIDE = 2048  # ingest keeps one image's long side within this (ingest.dicom.MAX_SIDE)
+LARGEST_IMAGE_SIDE = 2048  # ingest keeps one image's long side within this (ingest.types.MAX_SIDE)
 # Decoder-layer weights of the language model, under every naming the supported checkpoints use:
 # Gemma 3 / Qwen2.5-VL (model.language_model.layers, language_model.model.layers, model.layers) and
 # Idefics3 / SmolVLM (model.text_model.layers).
