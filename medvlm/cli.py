@@ -23,6 +23,19 @@ err = Console(stderr=True, highlight=False)
 out = Console(highlight=False)
 
 
+def _print_version(value: bool) -> None:
+    if value:
+        print(f"medvlm {__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def _options(
+    version: bool = typer.Option(False, "--version", callback=_print_version, is_eager=True, help="Print the version."),
+) -> None:
+    """Options that apply before any command."""
+
+
 def fail(message: str, code: int = 2) -> None:
     """One line on stderr and an exit code; no traceback for expected failures."""
     err.print(f"[bold red]error:[/] {message}", markup=True, soft_wrap=True)
