@@ -35,6 +35,7 @@ def regrade_report(doc: dict, vocab_file: Path | None = None, rules_file: Path |
     assessment = assess(doc["model_output"]["text"], doc["model_output"]["answer_status"], modality, res)
     new = json.loads(json.dumps(doc))  # deep copy of plain JSON
     new["schema_version"] = SCHEMA_VERSION  # an older report gains finding ids and the cues entry
+    new["model_output"]["answer_status"] = assessment.answer_status  # as graded with the current cues
     new["findings"] = findings_json(assessment.findings, doc["study"]["key"], doc["model_output"]["text"])
     new["risk"] = to_jsonable(assessment.grade)
     new["provenance"].update(res.provenance())
@@ -77,6 +78,7 @@ def regrade_run(
             row = summary.get(key)
             if row is not None:
                 row["risk_level"] = new["risk"]["level"]
+                row["answer_status"] = new["model_output"]["answer_status"]
                 row["present_findings"] = ";".join(sorted({f["code"] for f in new["findings"] if f["status"] == "present"}))
             modality = new["study"]["modality"]
             hashes = resources.for_modality(modality).hashes()

@@ -5,7 +5,7 @@ finish (report record and rendered files as bytes). Any executor runs them; none
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 from . import findings as findings_mod
 from . import ingest, risk
@@ -55,6 +55,7 @@ class Assessment:
 
     findings: list[Finding]
     grade: RiskGrade
+    answer_status: str = "complete"  # as graded: a complete answer with nothing gradeable in it is "empty"
 
     @property
     def present(self) -> list[str]:
@@ -89,15 +90,20 @@ def prepare(ref: StudyRef, config: RunConfig, resources: Resources) -> StudyWork
 
 
 def assess(text: str, answer_status: str, modality: str, res: ModalityResources, timings: Timings | None = None) -> Assessment:
-    """Extract findings from a model answer and grade them (no disk, no model)."""
+    """Extract findings from a model answer and grade them (no disk, no model).
+
+    An answer that ended normally but holds nothing to grade (only a reasoning block, a restated
+    question or a disclaimer) is graded as `empty`, never as a normal study.
+    """
     t0 = time.perf_counter()
+    answer_status = findings_mod.answer_status(text, answer_status, res.vocab.cues or findings_mod.load_cues())
     found = findings_mod.extract(text, modality, res.vocab)
     t1 = time.perf_counter()
     grade = risk.grade(found, res.rules, answer_status)
     if timings is not None:
         timings.add("extract", t1 - t0)
         timings.add("grade", time.perf_counter() - t1)
-    return Assessment(found, grade)
+    return Assessment(found, grade, answer_status)
 
 
 def summary_row(key: str, source: str, modality: str, risk_level: str, present: list[str], answer_status: str) -> dict:
@@ -150,6 +156,8 @@ def finish(work: StudyWork, output: ModelOutput, model: ModelInfo, config: RunCo
     study, timings = work.study, work.timings
     res = resources.for_modality(work.modality)
     assessment = assess(output.text, output.answer_status, work.modality, res, timings)
+    if assessment.answer_status != output.answer_status:
+        output = replace(output, answer_status=assessment.answer_status)
     t0 = time.perf_counter()
     thumbs = {f"image-{i + 1}.png": thumbnail_png(img.image) for i, img in enumerate(study.images)}
     doc = build_report(

@@ -1,10 +1,11 @@
 """Findings extraction: vocabularies and cues as data, a negation/uncertainty-aware extractor.
 
 Layout: errors.py (file errors) < yamlmarks.py (YAML with line numbers) < cueset.py (cue files) <
-vocabulary.py (vocabulary files, compiled phrases) ; text.py (sentences, clauses) ; extract.py
-(decisions) ; extract_csv.py (a CSV of reports in, findings out).
+vocabulary.py (vocabulary files, compiled phrases) ; text.py (sentences, clauses) ; answer.py (what of
+a model answer is graded) ; extract.py (decisions) ; extract_csv.py (a CSV of reports in, findings out).
 """
 
+from medvlm.findings.answer import GradedView, answer_status, graded_view
 from medvlm.findings.cueset import CueSet, load_cues
 from medvlm.findings.errors import CuesError, VocabularyError
 from medvlm.findings.extract import extract
@@ -13,6 +14,9 @@ from medvlm.findings.vocabulary import NO_FINDING, VocabEntry, Vocabulary, load_
 
 __all__ = [
     "NO_FINDING",
+    "GradedView",
+    "answer_status",
+    "graded_view",
     "CueSet",
     "CuesError",
     "VocabEntry",

@@ -20,8 +20,9 @@ SIDES = ("bilateral", "left", "right")
 CHANGES = ("new", "worsening", "improving", "stable")
 _TOP_KEYS = {
     "id", "version", "description", "clause_breaks", "before", "after", "versus_after", "reassert",
-    "phrase_separators", "severity", "laterality", "change",
+    "phrase_separators", "severity", "laterality", "change", "answer",
 }
+VALUE_KINDS = ("absent", "uncertain", "present")
 _REQUIRED = ("id", "clause_breaks", "before", "after", "versus_after", "reassert", "phrase_separators",
              "severity", "laterality", "change")
 _NAME_RE = re.compile(r"^[a-z][a-z0-9_-]*$")
@@ -51,10 +52,24 @@ class CueSet:
     severity_words: dict[str, str] = field(repr=False)
     laterality: re.Pattern | None = field(repr=False)  # groups bi, left, right
     change: tuple[tuple[str, re.Pattern], ...] = field(repr=False)
+    answer: "AnswerCues" = field(default=None, repr=False)
 
     def provenance(self) -> dict:
         """{"id", "sha256", "path"} as written into report provenance."""
         return {"id": self.id, "sha256": self.hash, "path": str(self.path)}
+
+
+@dataclass(frozen=True, eq=False)
+class AnswerCues:
+    """What of a model answer is not graded (reasoning, disclaimers, restatements) and key-value values."""
+
+    reasoning: tuple[tuple[re.Pattern, re.Pattern], ...] = ()
+    disclaimer: re.Pattern | None = None
+    restatement: re.Pattern | None = None  # matched at a sentence start
+    values: re.Pattern | None = None  # groups absent, uncertain, present; matched at a value's start
+
+
+NO_ANSWER_CUES = AnswerCues()
 
 
 def cues_path(name_or_path: str | Path = DEFAULT_CUES, relative_to: Path | None = None) -> Path:
@@ -227,7 +242,41 @@ def _parse(path: Path, raw: bytes, text: str) -> CueSet:
         severity_words=severity_words,
         laterality=r.compile("|".join(side_groups), line["laterality"], "laterality") if side_groups else None,
         change=change,
+        answer=_answer(r, data["answer"], line["answer"]) if "answer" in data else NO_ANSWER_CUES,
     )
+
+
+def _answer(r: _Reader, value, line: int) -> AnswerCues:
+    section = r.mapping(value, line, "'answer'")
+    reject_unknown_keys(section, {"reasoning", "disclaimer", "restatement", "values"}, r.path, CuesError, "key",
+                        " in 'answer'")
+    where = section.key_lines
+    reasoning = []
+    pairs = section.get("reasoning", LineList())
+    if not isinstance(pairs, list):
+        r.fail(where.get("reasoning", line), "answer.reasoning must be a list of [opener, closer] pairs")
+    for pair, pair_line in zip(pairs, getattr(pairs, "item_lines", [line] * len(pairs))):
+        if not isinstance(pair, list) or len(pair) != 2:
+            r.fail(pair_line, "answer.reasoning: every entry is [opener, closer]")
+        opener, closer = (r.pattern(p, pair_line, "answer.reasoning") for p in pair)
+        reasoning.append((r.compile(opener, pair_line, "answer.reasoning"), r.compile(closer, pair_line, "answer.reasoning")))
+    disclaimer = restatement = None
+    if "disclaimer" in section and (pats := r.patterns(section["disclaimer"], where["disclaimer"], "answer.disclaimer")):
+        disclaimer = r.compile(rf"(?<![\w])(?:{_any(pats)})", where["disclaimer"], "answer.disclaimer")
+    if "restatement" in section and (pats := r.patterns(section["restatement"], where["restatement"], "answer.restatement")):
+        restatement = r.compile(rf"(?:{_any(pats)})", where["restatement"], "answer.restatement")
+    values = None
+    if "values" in section:
+        kinds = r.mapping(section["values"], where["values"], "answer.values")
+        reject_unknown_keys(kinds, set(VALUE_KINDS), r.path, CuesError, "value kind", " in 'answer.values'")
+        groups = [
+            f"(?P<{kind}>{_any(pats)})"
+            for kind in VALUE_KINDS
+            if kind in kinds and (pats := r.patterns(kinds[kind], kinds.key_lines[kind], f"answer.values.{kind}"))
+        ]
+        if groups:
+            values = r.compile(rf"(?:{'|'.join(groups)})(?![\w])", where["values"], "answer.values")
+    return AnswerCues(tuple(reasoning), disclaimer, restatement, values)
 
 
 def _optional_words(r: _Reader, section: LineDict, key: str, where: str) -> re.Pattern | None:

@@ -9,6 +9,7 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 
+from medvlm.findings.answer import graded_view, key_value
 from medvlm.findings.cueset import AFTER_KINDS, CueSet, load_cues
 from medvlm.findings.text import phrase_span, split_clauses, split_sentences
 from medvlm.findings.vocabulary import NO_FINDING, CompiledEntry, Vocabulary, compile_entries, load_vocabulary
@@ -134,17 +135,26 @@ def _mentions(text: str, compiled: tuple[CompiledEntry, ...], cues: CueSet) -> l
             for m in (cues.before.finditer(text, s0, s1) if cues.before is not None else ())
             if not (m.lastgroup or "").startswith("pseudo") and not any(x <= m.start() < y for x, y in normal_spans)
         ]
+        kv = key_value(text, s0, s1, cues)
         for ce, a, b, is_negative_form in spans:
             c0, c1 = next(((x, y) for x, y in clauses if x <= a < y), (s0, s1))
             c1 = max(c1, b)
+            labelled = kv is not None and b <= kv[0] and ce.entry.code != NO_FINDING and not is_negative_form
             if ce.entry.code == NO_FINDING:
                 status, cue, change = "present", None, None
+            elif labelled and kv[1] is not None:
+                # "Pneumothorax: none" / "| Effusion | yes |": the value decides.
+                status, cue, change = kv[1], (kv[2] if kv[1] != "present" else None), None
             elif is_negative_form:
                 status, cue, change = "absent", text[a:b], None
             else:
                 before = [m for m in sentence_cues if c0 <= m.start() and m.end() <= c1 and not (a <= m.start() < b)]
                 status, cue, change = _decide(cues, text, c0, c1, a, b, before)
-            p0, p1 = phrase_span(text, c0, c1, a, b, cues.phrase_separators)
+            if labelled:  # "Pleural effusion: small, left": the attributes are in the value
+                c0, c1 = s0, s1
+                p0, p1 = s0, s1
+            else:
+                p0, p1 = phrase_span(text, c0, c1, a, b, cues.phrase_separators)
             # Words inside the mention itself ("small bowel obstruction") are not attributes.
             window = f"{text[p0:a]} | {text[b:p1]}"
             out.append(
@@ -167,15 +177,21 @@ def _mentions(text: str, compiled: tuple[CompiledEntry, ...], cues: CueSet) -> l
 def extract(text: str, modality: str = "chest_xray", vocab: Vocabulary | None = None) -> list[Finding]:
     """Findings (one per code, strongest status wins) with evidence offsets into `text`.
 
-    The vocabulary's cue file decides negation and uncertainty (the default cues when it has none).
+    The vocabulary's cue file decides negation and uncertainty (the default cues when it has none)
+    and which parts of a model answer are not graded (reasoning, disclaimers, restatements).
     """
     if vocab is None:
         vocab = load_vocabulary(modality)
     if not text or not text.strip():
         return []
     cues = vocab.cues or load_cues()
+    # Reasoning blocks, disclaimers, restated questions and markdown syntax are blanked (answer.py);
+    # offsets into the graded view are offsets into `text`, which the evidence is cut from.
+    graded = graded_view(text, cues)
+    if not graded.has_answer:
+        return []
     by_code: dict[str, list[_Mention]] = {}
-    for mention in _mentions(text, compile_entries(vocab), cues):
+    for mention in _mentions(graded.text, compile_entries(vocab), cues):
         by_code.setdefault(mention.code, []).append(mention)
     findings: list[tuple[int, Finding]] = []
     for code, mentions in by_code.items():
