@@ -481,3 +481,27 @@ def test_batch_end_to_end_with_int8(replicas, mixed_studies, tmp_path, preset, m
         if doc["model_output"]["answer_status"] != "complete":
             assert doc["risk"]["level"] != "normal"
     assert images_per_study == {1, 2}  # one batch held one- and two-image studies
+
+
+@pytest.mark.parametrize("preset", ["smolvlm-256m", "qwen2.5-vl-3b"])
+def test_real_processor_expands_images_like_the_replica(backends, preset):
+    """The published tokenizer and processor (read in place) give the same image placeholders and control ids."""
+    from medvlm.models.hf.processor import cap_visual_tokens, load_processor
+    from medvlm.models.hf.tokens import control_token_ids
+
+    real = load_processor(_shared_model_dir(preset))
+    cap_visual_tokens(real)  # as the backend does on load
+    backend = backends[preset]
+    image_id = backend.model.config.image_token_id
+    for study in (_study(1, key="s-one"), _study(2, size=(2048, 1700), key="s-two")):
+        messages = backend._messages(study, _prompt(study))
+        images = [[img.image for img in study.images]]
+        ours = backend.processor(text=[_rendered(backend, study)], images=images, return_tensors="pt")
+        theirs = real(text=[real.apply_chat_template(messages, add_generation_prompt=True, tokenize=False)],
+                      images=images, return_tensors="pt")
+        assert int((theirs["input_ids"] == image_id).sum()) == int((ours["input_ids"] == image_id).sum())
+        assert theirs["pixel_values"].shape == ours["pixel_values"].shape
+    real_markup = control_token_ids(real.tokenizer, real)
+    assert {i for i in REPLICAS[preset].layout.tokens if i not in REPLICAS[preset].stop_ids} <= real_markup | set(
+        backend.tokenizer.all_special_ids)
+    assert not set(real.tokenizer.encode("The lungs are clear.", add_special_tokens=False)) & real_markup
