@@ -32,8 +32,9 @@ def control_token_ids(tokenizer, processor=None) -> set[int]:
             continue
         if getattr(token, "special", False) or content in markup or _CONTROL.match(content):
             ids.add(int(token_id))
+    unknown = getattr(tokenizer, "unk_token_id", None)
     for marker in REASONING_MARKERS:  # a tokenizer may flag them special: keep them anyway
-        marker_id = tokenizer.convert_tokens_to_ids(marker) if marker in (tokenizer.get_vocab() or {}) else None
-        if marker_id is not None:
+        marker_id = tokenizer.convert_tokens_to_ids(marker)
+        if marker_id is not None and marker_id != unknown:
             ids.discard(marker_id)
     return ids
