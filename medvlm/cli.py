@@ -38,7 +38,10 @@ def _options(
 
 def fail(message: str, code: int = 2) -> None:
     """One line on stderr and an exit code; no traceback for expected failures."""
-    err.print(f"[bold red]error:[/] {message}", markup=True, soft_wrap=True)
+    from rich.markup import escape
+
+    # escaped: messages name things like `pip install 'medvlm[ray]'`, which rich would read as markup
+    err.print(f"[bold red]error:[/] {escape(message)}", markup=True, soft_wrap=True)
     raise typer.Exit(code)
 
 
@@ -62,6 +65,11 @@ def batch(
     prompt_file: Optional[Path] = typer.Option(None, "--prompt", help="Prompt template YAML overriding prompts/<modality>.yaml."),
     vocab_file: Optional[Path] = typer.Option(None, "--vocab", help="Findings vocabulary YAML."),
     rules_file: Optional[Path] = typer.Option(None, "--rules", help="Risk rules YAML."),
+    executor: str = typer.Option("local", "--executor", help="local (this process) or ray (a Ray cluster)."),
+    ray_address: Optional[str] = typer.Option(None, "--ray-address", help="Ray cluster: auto or HOST:PORT (default: start a local instance)."),
+    workers: Optional[int] = typer.Option(None, "--workers", min=1, help="Ray: model workers, one loaded model each."),
+    gpus_per_worker: Optional[float] = typer.Option(None, "--gpus-per-worker", min=0, help="Ray: GPUs per model worker (default 0)."),
+    cpus_per_worker: Optional[float] = typer.Option(None, "--cpus-per-worker", min=0.01, help="Ray: CPUs (torch threads) per model worker (default 1)."),
 ) -> None:
     """Read every study in STUDIES and write validated JSON, HTML and PDF reports plus summary.csv."""
     from .config import RunConfig, from_env
@@ -73,13 +81,17 @@ def batch(
     if not studies.is_dir():
         fail(f"studies folder not found: {studies}")
     explicit = {k for k, v in ctx.params.items() if ctx.get_parameter_source(k).name == "COMMANDLINE"}
+    executor_options = {name: value for name, value in (("address", ray_address), ("workers", workers),
+                        ("gpus_per_worker", gpus_per_worker), ("cpus_per_worker", cpus_per_worker)) if value is not None}
+    if executor != "ray" and executor_options:
+        fail("--ray-address, --workers, --gpus-per-worker and --cpus-per-worker need --executor ray")
     config = from_env(
         RunConfig(
             studies=studies, out=out_dir, modality=modality, model=model,
             backend_options={"device": device, "dtype": dtype, "quant": quant},
             max_new_tokens=max_new_tokens, batch_size=batch_size, max_images=max_images, ignore_eos=ignore_eos,
             include_phi=include_phi, force_modality=force_modality, write_pdf=pdf, prompt_file=prompt_file,
-            vocab_file=vocab_file, rules_file=rules_file,
+            vocab_file=vocab_file, rules_file=rules_file, executor=executor, executor_options=executor_options,
         ),
         explicit,
     )
@@ -98,7 +110,10 @@ def batch(
     def on_progress(done: int, total: int, row: dict) -> None:
         progress.update(task, completed=done)
         if row["status"] != "ok":
-            progress.console.print(f"[yellow]{row['status']}[/] {row['source']}: {row['reason']}", markup=True, soft_wrap=True)
+            from rich.markup import escape
+
+            progress.console.print(f"[yellow]{row['status']}[/] {escape(row['source'])}: {escape(row['reason'])}",
+                                   markup=True, soft_wrap=True)
 
     try:
         result = run_batch(config, on_progress=on_progress, on_total=on_total)

@@ -11,7 +11,7 @@ from .errors import UsageProblem
 from .models.backends import DEFAULT_BACKEND
 from .models.registry import DEFAULT_MODEL
 
-EXECUTORS = ("local",)
+EXECUTORS = ("local", "ray")  # registered in executors/base.py
 
 
 @dataclass(frozen=True)

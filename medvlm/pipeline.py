@@ -16,7 +16,7 @@ from . import __version__, ingest
 from .audit.run import open_run
 from .clock import utc_now
 from .config import RunConfig
-from .executors import BatchJob, get_executor
+from .executors import BatchJob, Executor, get_executor
 from .models import Backend, get_kind
 from .models import resolve as resolve_model
 from .outputs import SUMMARY_COLUMNS, RunWriter, write_run_record, write_summary  # noqa: F401 - re-exported
@@ -61,13 +61,15 @@ def run_components(config: RunConfig, identity: dict, resources: Resources) -> d
     }
 
 
-def backend_identity(config: RunConfig, backend: Backend | None) -> dict:
-    """The identity resume keys on: the injected backend's, else what the configured backend would load."""
+def backend_identity(config: RunConfig, backend: Backend | None, executor: Executor | None = None) -> dict:
+    """The identity resume keys on: the injected backend's, else what the configured backend would load
+    where the executor loads it (a Ray worker with a GPU resolves `auto` differently from a CPU-only driver)."""
     if backend is not None:
         return backend.identity
     kind = get_kind(config.backend)
-    options = kind.check_options(config.backend_options)
-    return kind.identity(config.model, options)
+    options = kind.check_options(config.backend_options)  # bad options fail here, before any executor starts
+    remote = executor.identity(config) if executor is not None else None
+    return remote if remote is not None else kind.identity(config.model, options)
 
 
 def run_batch(
@@ -84,8 +86,8 @@ def run_batch(
     resources = Resources.for_config(config)
     if config.modality != "auto":
         resources.for_modality(config.modality)  # bad template/rules fail before any work
-    identity = backend_identity(config, backend)
     executor = get_executor(config.executor, config.executor_options)
+    identity = backend_identity(config, backend, executor)
     components = run_components(config, identity, resources)
     out.mkdir(parents=True, exist_ok=True)
     key = ingest.load_or_create_key(out)

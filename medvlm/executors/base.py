@@ -14,9 +14,10 @@ from typing import Any, Protocol
 from ..config import RunConfig
 from ..models import LoadRequest, get_kind
 from ..models.base import Backend, BatchTiming, ModelInfo
-from ..records import ModelOutput, StudyRef
+from ..errors import one_line
+from ..records import ModelOutput, StudyError, StudyRef
 from ..resources import Resources
-from ..stages import StudyResult, StudyWork
+from ..stages import StudyResult, StudyWork, error_result, finish
 
 
 class ResultSink(Protocol):
@@ -52,6 +53,11 @@ class BatchJob:
 class Executor(Protocol):
     name: str
 
+    def identity(self, config: RunConfig) -> dict | None:
+        """The backend identity resolved where this executor loads the model (another machine, another
+        GPU); None when that is this process. The resume fingerprint keys on it; the executor itself never
+        enters the fingerprint."""
+
     def run(self, job: BatchJob, refs: list[StudyRef], sink: ResultSink) -> ModelInfo | None:
         """Do every study in refs, emitting one result each; returns the loaded model's info (None if none loaded)."""
 
@@ -81,6 +87,7 @@ def note_model_time(stats: dict, works: list[StudyWork], timing: BatchTiming | N
 # Executor name -> "module:class"; imported only when chosen, so optional dependencies stay optional.
 EXECUTORS: dict[str, str] = {
     "local": "medvlm.executors.local:LocalExecutor",
+    "ray": "medvlm.executors.ray:RayExecutor",
 }
 
 
@@ -117,6 +124,28 @@ def model_stage(job: BatchJob, works: list[StudyWork], prepared: Any) -> list[tu
     return list(zip(works, outputs))
 
 
+def preprocess_works(backend: Backend, works: list[StudyWork]) -> Any:
+    """The backend's preprocessed batch for `works` (each study's time share noted), or the exception it raised."""
+    t0 = time.perf_counter()
+    try:
+        prepared = backend.preprocess([(w.study, w.prompt) for w in works])
+    except Exception as exc:  # noqa: BLE001 - becomes a model error row for each study of the batch
+        return exc
+    share = (time.perf_counter() - t0) / len(works)
+    for w in works:
+        w.timings.add("preprocess", share)
+    return prepared
+
+
+def finish_or_error(work: StudyWork, output: ModelOutput, model: ModelInfo, config: RunConfig,
+                    resources: Resources) -> StudyResult:
+    """stages.finish(), with any failure turned into that study's `report` error row."""
+    try:
+        return finish(work, output, model, config, resources)
+    except Exception as exc:  # noqa: BLE001 - one study's report failure must not stop the batch
+        return error_result(StudyError(work.study.ref, "report", one_line(exc)))
+
+
 def get_executor(name: str, options: dict[str, Any] | None = None) -> Executor:
     """A registered executor by name (imported lazily); unknown -> UsageProblem with one line."""
     import importlib
@@ -126,4 +155,11 @@ def get_executor(name: str, options: dict[str, Any] | None = None) -> Executor:
     if name not in EXECUTORS:
         raise UsageProblem(f"unknown executor {name!r}; available: {', '.join(sorted(EXECUTORS))}")
     module_name, _, attr = EXECUTORS[name].partition(":")
-    return getattr(importlib.import_module(module_name), attr)(**(options or {}))
+    cls = getattr(importlib.import_module(module_name), attr)
+    import inspect
+
+    accepted = set(inspect.signature(cls).parameters)
+    unknown = sorted(set(options or {}) - accepted)
+    if unknown:
+        raise UsageProblem(f"the {name} executor has no option {unknown[0]!r}")
+    return cls(**(options or {}))

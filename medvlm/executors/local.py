@@ -19,7 +19,7 @@ from ..errors import one_line
 from ..models.base import Backend, ModelInfo
 from ..records import ModelOutput, StudyError, StudyRef
 from ..report.write import write_study_files
-from .base import BatchJob, ResultSink, add, model_stage
+from .base import BatchJob, ResultSink, add, finish_or_error, model_stage, preprocess_works
 
 STAGE_STATS = ("decode", "prompt", "extract", "grade", "report", "render")
 
@@ -56,32 +56,26 @@ def prepare_chunk(chunk: list[StudyRef], job: BatchJob):
             ready.append(prepared)
     if not ready:
         return errors, ready, None
-    backend = job.load_backend()
-    t0 = time.perf_counter()
-    try:
-        batch = backend.preprocess([(w.study, w.prompt) for w in ready])
-    except Exception as exc:  # noqa: BLE001 - becomes a model error row for each study of the batch
-        return errors, ready, exc
-    share = (time.perf_counter() - t0) / len(ready)
-    for w in ready:
-        w.timings.add("preprocess", share)
-    return errors, ready, batch
+    return errors, ready, preprocess_works(job.load_backend(), ready)
 
 
 def finish_and_write(out: Path, work: stages.StudyWork, output: ModelOutput, model: ModelInfo, job: BatchJob) -> stages.StudyResult:
     """Render worker: finish() then write the study's files; any failure becomes that study's error row."""
-    try:
-        result = stages.finish(work, output, model, job.config, job.resources)
-        if result.files:
+    result = finish_or_error(work, output, model, job.config, job.resources)
+    if result.files:
+        try:
             result.written = write_study_files(out / result.ref.key, result.files)
-            result.files = {}
-        return result
-    except Exception as exc:  # noqa: BLE001 - one study's report failure must not stop the batch
-        return stages.error_result(StudyError(work.study.ref, "report", one_line(exc)))
+        except Exception as exc:  # noqa: BLE001 - one study's report failure must not stop the batch
+            return stages.error_result(StudyError(work.study.ref, "report", one_line(exc)))
+        result.files = {}
+    return result
 
 
 class LocalExecutor:
     name = "local"
+
+    def identity(self, config) -> None:
+        return None  # the model loads in this process: the pipeline resolves its identity here
 
     def run(self, job: BatchJob, refs: list[StudyRef], sink: ResultSink) -> ModelInfo | None:
         config, stats = job.config, job.stats
