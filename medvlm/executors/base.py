@@ -17,7 +17,8 @@ from ..models.base import Backend, BatchTiming, ModelInfo
 from ..errors import one_line
 from ..records import ModelOutput, StudyError, StudyRef
 from ..resources import Resources
-from ..stages import StudyResult, StudyWork, error_result, finish
+from .. import stages
+from ..stages import StudyResult, StudyWork, error_result
 
 
 class ResultSink(Protocol):
@@ -141,7 +142,7 @@ def finish_or_error(work: StudyWork, output: ModelOutput, model: ModelInfo, conf
                     resources: Resources) -> StudyResult:
     """stages.finish(), with any failure turned into that study's `report` error row."""
     try:
-        return finish(work, output, model, config, resources)
+        return stages.finish(work, output, model, config, resources)
     except Exception as exc:  # noqa: BLE001 - one study's report failure must not stop the batch
         return error_result(StudyError(work.study.ref, "report", one_line(exc)))
 

@@ -269,7 +269,9 @@ class RayExecutor:
         del pending[key]
         add(stats, **batch_stats)
         add(stats, **{f"{s}_s": result.timings.get(s, 0.0) for s in STAGE_STATS})
+        t0 = time.perf_counter()
         sink.emit(result)
+        add(stats, writer_s=time.perf_counter() - t0)  # the single writer's cost per study (files, ledger)
         return info
 
     def _dataset(self, refs: list[StudyRef], spec: WorkerSpec, workers: int, batch_size: int, attempts: int):
