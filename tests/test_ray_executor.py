@@ -147,6 +147,16 @@ def test_a_worker_killed_mid_batch_loses_nothing_and_records_nothing_twice(tmp_p
     assert check.ok, check.problems
 
 
+@pytest.mark.slow
+def test_a_model_the_workers_cannot_load_stops_the_run_with_one_line(tmp_path, demo_model_dir, monkeypatch):
+    monkeypatch.setenv("MEDVLM_MEMORY_LIMIT_BYTES", "1000")  # the workers inherit it: every load is refused
+    with pytest.raises(UsageProblem, match=r"^model 'demo' needs about .* GB.*\(MEDVLM_MEMORY_LIMIT_BYTES\)"):
+        run_batch(_config(SAMPLE_STUDIES, tmp_path / "out", "ray", workers=1))
+    assert not ray.is_initialized()
+    assert attempts(tmp_path / "out") == []  # nothing recorded: the same command runs again once memory allows
+    assert _run_end(tmp_path / "out")["completed"] is False
+
+
 @pytest.fixture
 def crash_plugin(tmp_path, monkeypatch):
     """The crash backend installed as a third-party plugin: an entry point every Ray worker can see too."""
