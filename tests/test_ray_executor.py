@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import json
 import os
+import secrets
 import signal
 import subprocess
 import sys
@@ -224,10 +225,14 @@ def _stop_processes_of(marker: str) -> None:
 
 @pytest.fixture
 def ray_cluster():
-    """`ray start --head` on 127.0.0.1 with its own temp folder; yields its address; stopped afterwards."""
+    """`ray start --head` on 127.0.0.1 with its own temp folder and auth token; yields (address, the
+    environment a driver needs: RAY_AUTH_MODE=token and the token's path); stopped afterwards."""
     temp = Path(tempfile.mkdtemp(prefix="medvlm-ray-", dir="/tmp"))  # short: Ray's socket paths must fit
     ray_cli = Path(sys.executable).with_name("ray")
-    env = _cli_env(RAY_AUTH_MODE="token")  # as the README says: a driver names the cluster's auth mode
+    token = temp / "auth_token"
+    token.write_text(secrets.token_hex(32))
+    token.chmod(0o600)
+    env = _cli_env(RAY_AUTH_MODE="token", RAY_AUTH_TOKEN_PATH=str(token))
     try:
         start = subprocess.run(
             [str(ray_cli), "start", "--head", "--node-ip-address=127.0.0.1", "--port=0", "--num-cpus=3",
@@ -237,7 +242,7 @@ def ray_cluster():
         assert start.returncode == 0, start.stdout + start.stderr
         address = (temp / "ray_current_cluster").read_text().strip()
         assert address.startswith("127.0.0.1:")
-        yield address
+        yield address, env
     finally:
         _stop_processes_of(str(temp))
         subprocess.run(["rm", "-rf", str(temp)], check=False)
@@ -245,11 +250,12 @@ def ray_cluster():
 
 @pytest.mark.slow
 def test_batch_connects_to_a_ray_start_cluster_with_ray_address(tmp_path, demo_model_dir, ray_cluster):
+    address, env = ray_cluster
     out = tmp_path / "out"
     cmd = [sys.executable, "-m", "medvlm", "batch", str(SAMPLE_STUDIES), "--model", "demo", "--out", str(out),
            "--max-new-tokens", "12", "--no-pdf", "--batch-size", "2",
-           "--executor", "ray", "--ray-address", ray_cluster, "--workers", "2"]
-    done = subprocess.run(cmd, env=_cli_env(RAY_AUTH_MODE="token"), capture_output=True, text=True, timeout=300)
+           "--executor", "ray", "--ray-address", address, "--workers", "2"]
+    done = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stdout + done.stderr
     assert "6 ok, 0 failed, 0 skipped ->" in done.stdout
     assert "6/6" in done.stderr  # the progress bar counted every study
@@ -257,7 +263,7 @@ def test_batch_connects_to_a_ray_start_cluster_with_ray_address(tmp_path, demo_m
     check = verify_run(out)
     assert check.ok, check.problems
     run = json.loads((out / "run.json").read_text())
-    assert run["config"]["executor"] == "ray" and run["config"]["executor_options"]["address"] == ray_cluster
+    assert run["config"]["executor"] == "ray" and run["config"]["executor_options"]["address"] == address
     assert run["model"]["model"]["name"] == "demo"  # the loaded model, reported back from a worker
 
 

@@ -158,8 +158,8 @@ class RayExecutor:
             where = self.address or "a local Ray instance"
             hint = ""
             if self.address is not None and not os.environ.get("RAY_AUTH_MODE"):
-                hint = (" (a cluster with token authentication, the default of `ray start`, needs RAY_AUTH_MODE=token "
-                        "and its token in ~/.ray/auth_token or RAY_AUTH_TOKEN)")
+                hint = (" (a cluster with token authentication needs RAY_AUTH_MODE=token and its token in "
+                        "~/.ray/auth_token, RAY_AUTH_TOKEN or RAY_AUTH_TOKEN_PATH)")
             raise UsageProblem(f"cannot connect to {where}: {first_line(exc)}{hint}") from None
         self._owns_ray = True
         self.stats["ray_connect_s"] = time.perf_counter() - t0
