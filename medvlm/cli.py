@@ -70,6 +70,13 @@ def batch(
     workers: Optional[int] = typer.Option(None, "--workers", min=1, help="Ray: model workers, one loaded model each."),
     gpus_per_worker: Optional[float] = typer.Option(None, "--gpus-per-worker", min=0, help="Ray: GPUs per model worker (default 0)."),
     cpus_per_worker: Optional[float] = typer.Option(None, "--cpus-per-worker", min=0.01, help="Ray: CPUs (torch threads) per model worker (default 1)."),
+    endpoint: Optional[str] = typer.Option(None, "--endpoint", help="Base URL of an OpenAI-compatible server (http://HOST:PORT/v1); the API key comes from MEDVLM_API_KEY or OPENAI_API_KEY."),
+    concurrency: int = typer.Option(4, "--concurrency", min=1, max=256, help="--endpoint: requests in flight."),
+    connect_timeout: float = typer.Option(10.0, "--connect-timeout", min=0.1, help="--endpoint: seconds to connect."),
+    read_timeout: float = typer.Option(600.0, "--read-timeout", min=0.1, help="--endpoint: seconds to wait for an answer."),
+    max_tries: int = typer.Option(5, "--max-tries", min=1, max=100, help="--endpoint: tries per study (connection errors, 429, 5xx)."),
+    retry_budget: float = typer.Option(300.0, "--retry-budget", min=0, help="--endpoint: seconds a study may spend retrying."),
+    image_max_side: int = typer.Option(896, "--image-max-side", min=32, max=8192, help="--endpoint: longest side of the PNG sent (saved as image-N.png)."),
 ) -> None:
     """Read every study in STUDIES and write validated JSON, HTML and PDF reports plus summary.csv."""
     from .config import RunConfig, from_env
@@ -85,10 +92,25 @@ def batch(
                         ("gpus_per_worker", gpus_per_worker), ("cpus_per_worker", cpus_per_worker)) if value is not None}
     if executor != "ray" and executor_options:
         fail("--ray-address, --workers, --gpus-per-worker and --cpus-per-worker need --executor ray")
+    backend, backend_options = "hf", {"device": device, "dtype": dtype, "quant": quant}
+    endpoint_flags = {"concurrency", "connect_timeout", "read_timeout", "max_tries", "retry_budget", "image_max_side"}
+    if endpoint is not None:
+        clash = sorted(explicit & {"quant", "dtype", "device", "batch_size"})
+        if clash:
+            fail(f"--{clash[0].replace('_', '-')} does not apply to --endpoint (the server decides; use --concurrency)")
+        backend = "endpoint"
+        backend_options = {"url": endpoint, "concurrency": concurrency, "connect_timeout": connect_timeout,
+                           "read_timeout": read_timeout, "max_tries": max_tries, "retry_budget": retry_budget,
+                           "image_max_side": image_max_side, "ignore_eos": ignore_eos}
+        model = model if "model" in explicit else ""  # empty: the server's only model
+        batch_size = concurrency  # one batch = the requests in flight together
+        explicit |= {"model", "batch_size"}  # MEDVLM_MODEL names a local model, not a served one
+    elif explicit & endpoint_flags:
+        fail(f"--{sorted(explicit & endpoint_flags)[0].replace('_', '-')} needs --endpoint")
     config = from_env(
         RunConfig(
-            studies=studies, out=out_dir, modality=modality, model=model,
-            backend_options={"device": device, "dtype": dtype, "quant": quant},
+            studies=studies, out=out_dir, modality=modality, model=model, backend=backend,
+            backend_options=backend_options,
             max_new_tokens=max_new_tokens, batch_size=batch_size, max_images=max_images, ignore_eos=ignore_eos,
             include_phi=include_phi, force_modality=force_modality, write_pdf=pdf, prompt_file=prompt_file,
             vocab_file=vocab_file, rules_file=rules_file, executor=executor, executor_options=executor_options,
@@ -330,6 +352,47 @@ def bench(
     for name, value in doc["targets"].items():
         out.print(f"{name}: {value:.3f}" if isinstance(value, float) else f"{name}: {value}")
     out.print(f"-> {out_dir / 'bench.json'}, {out_dir / 'bench.png'}")
+
+
+@app.command()
+def serve(
+    model: str = typer.Option(..., "--model", help="Preset name, local model directory or hub id (demo, bench, medgemma-4b, ...)."),
+    host: str = typer.Option("127.0.0.1", "--host", help="Address to bind; anything but loopback needs --api-key."),
+    port: int = typer.Option(8000, "--port", min=0, max=65535, help="TCP port (0: any free port, printed when ready)."),
+    quant: str = typer.Option("auto", "--quant", help="none, int8, int4 or auto."),
+    dtype: str = typer.Option("auto", "--dtype"),
+    device: str = typer.Option("auto", "--device"),
+    batch_size: int = typer.Option(4, "--batch-size", min=1, max=256, help="Most requests batched into one generate() call."),
+    max_wait_ms: float = typer.Option(10.0, "--max-wait-ms", min=0, max=10000, help="How long a request waits for others to batch with."),
+    api_key: Optional[str] = typer.Option(None, "--api-key", help="Clients must send 'Authorization: Bearer KEY' (default: MEDVLM_API_KEY)."),
+    max_tokens: int = typer.Option(2048, "--max-tokens-limit", min=1, max=65536, help="Largest max_tokens a request may ask for."),
+    max_images: int = typer.Option(8, "--max-images", min=1, max=64, help="Images per request."),
+    max_image_pixels: int = typer.Option(4096 * 4096, "--max-image-pixels", min=1, help="Pixels per image."),
+    max_body_mb: float = typer.Option(32.0, "--max-body-mb", min=0.001, help="Request body size limit."),
+) -> None:
+    """Serve a model over an OpenAI-compatible API (/v1/chat/completions, /v1/models, /health) until Ctrl-C."""
+    import os
+
+    from .errors import UsageProblem
+    from .serve import ServeSettings, serve as run_server
+    from .serve.requests import Limits
+
+    key = api_key if api_key is not None else (os.environ.get("MEDVLM_API_KEY", "").strip() or None)
+    settings = ServeSettings(
+        model=model, host=host, port=port, backend_options={"device": device, "dtype": dtype, "quant": quant},
+        batch_size=batch_size, max_wait_ms=max_wait_ms, api_key=key,
+        limits=Limits(max_body_bytes=int(max_body_mb * 1024 * 1024), max_images=max_images,
+                      max_image_pixels=max_image_pixels, max_tokens=max_tokens, default_max_tokens=min(512, max_tokens)),
+    )
+    try:
+        run_server(
+            settings,
+            on_ready=lambda url: print(f"medvlm serve: {model} ready at {url} (batch size {batch_size}; "
+                                       f"{'API key required' if key else 'no API key'}; research use only)", flush=True),
+            on_stopped=lambda line: print(f"medvlm serve: {line}", flush=True),
+        )
+    except UsageProblem as exc:
+        fail(first_line(exc))
 
 
 def main() -> None:

@@ -8,6 +8,7 @@ from pathlib import Path
 from typing import Any
 
 from .errors import UsageProblem
+from .redact import redact_values
 from .models.backends import DEFAULT_BACKEND
 from .models.registry import DEFAULT_MODEL
 
@@ -36,7 +37,11 @@ class RunConfig:
     rules_file: Path | None = None
 
     def as_dict(self) -> dict:
-        return {k: (str(v) if isinstance(v, Path) else v) for k, v in asdict(self).items()}
+        """Plain JSON for run.json and the ledger; credentials inside URL-valued options are redacted."""
+        doc = {k: (str(v) if isinstance(v, Path) else v) for k, v in asdict(self).items()}
+        doc["backend_options"] = redact_values(doc["backend_options"])
+        doc["executor_options"] = redact_values(doc["executor_options"])
+        return doc
 
     def option(self, name: str, default: Any = "auto") -> Any:
         """One backend option (e.g. hf's device), or its default."""

@@ -23,6 +23,10 @@ class ModelUnavailable(UsageProblem, RuntimeError):
     """The model cannot be used on this machine; the message is one actionable sentence."""
 
 
+class StudyFailure(RuntimeError):
+    """One study failed for a reason whose message is already the one line to record (no type prefix)."""
+
+
 def first_line(exc: BaseException) -> str:
     """The first non-empty line of an exception's message, or its type name when it has none."""
     text = str(exc).strip()
@@ -30,6 +34,8 @@ def first_line(exc: BaseException) -> str:
 
 
 def one_line(exc: BaseException) -> str:
-    """`Type: first line` for reasons recorded in summaries and ledgers."""
+    """`Type: first line` for reasons recorded in summaries and ledgers (a StudyFailure: its first line alone)."""
     text = str(exc).strip()
+    if isinstance(exc, StudyFailure) and text:
+        return text.splitlines()[0]
     return f"{type(exc).__name__}: {text.splitlines()[0]}" if text else type(exc).__name__

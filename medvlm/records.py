@@ -90,6 +90,11 @@ class ModelOutput:
     new_tokens: int
     seconds: float = 0.0
     error: str | None = None
+    # The images exactly as the backend sent them (encoded files, e.g. PNG for a remote server); the
+    # report saves these bytes as image-N.png. Empty when the model took pixels in process.
+    images: tuple[bytes, ...] = field(default=(), repr=False)
+    # How the answer was obtained, for provenance (a remote backend: served model id, latency, usage...).
+    request: dict[str, Any] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)

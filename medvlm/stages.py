@@ -151,6 +151,13 @@ def generation_settings(config: RunConfig) -> dict:
     }
 
 
+def study_images(study: Study, output: ModelOutput) -> dict[str, bytes]:
+    """image-N.png per image: the bytes the backend sent when it sent files, else a thumbnail of the pixels."""
+    if output.images and len(output.images) == len(study.images):
+        return {f"image-{i + 1}.png": data for i, data in enumerate(output.images)}
+    return {f"image-{i + 1}.png": thumbnail_png(img.image) for i, img in enumerate(study.images)}
+
+
 def finish(work: StudyWork, output: ModelOutput, model: ModelInfo, config: RunConfig, resources: Resources) -> StudyResult:
     """Assess, build, validate and render one study; returns its row and files (nothing written)."""
     study, timings = work.study, work.timings
@@ -159,7 +166,7 @@ def finish(work: StudyWork, output: ModelOutput, model: ModelInfo, config: RunCo
     if assessment.answer_status != output.answer_status:
         output = replace(output, answer_status=assessment.answer_status)
     t0 = time.perf_counter()
-    thumbs = {f"image-{i + 1}.png": thumbnail_png(img.image) for i, img in enumerate(study.images)}
+    thumbs = study_images(study, output)
     doc = build_report(
         study=study,
         modality=work.modality,

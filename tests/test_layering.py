@@ -1,7 +1,7 @@
 """The import layering the README documents: every module imports alone, and dependencies point down.
 
 Layers, lowest first (a module may import its own layer and the layers below, never above):
-  leaf      medvlm, errors, clock, paths, fileio, records, finding_ids
+  leaf      medvlm, errors, clock, paths, fileio, records, finding_ids, redact
   domain    config, prompts, ingest, findings, risk, models, report
   audit     audit           (besides leaf: only config, report.validate and ingest.privacy helpers)
   stages    resources, stages
@@ -22,7 +22,7 @@ PACKAGE = Path(__file__).resolve().parent.parent / "medvlm"
 
 LAYERS = [
     ("leaf", {"medvlm", "medvlm.errors", "medvlm.clock", "medvlm.paths", "medvlm.fileio", "medvlm.records",
-              "medvlm.finding_ids"}),
+              "medvlm.finding_ids", "medvlm.redact"}),
     ("domain", {"medvlm.config", "medvlm.prompts", "medvlm.ingest", "medvlm.findings", "medvlm.risk", "medvlm.models",
                 "medvlm.report"}),
     ("audit", {"medvlm.audit"}),

@@ -15,6 +15,7 @@ from .base import BackendKind
 
 BUILTIN: dict[str, str] = {
     "hf": "medvlm.models.hf:KIND",
+    "endpoint": "medvlm.models.endpoint:KIND",
 }
 ENTRY_POINT_GROUP = "medvlm.backends"
 DEFAULT_BACKEND = "hf"

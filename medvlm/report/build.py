@@ -125,6 +125,8 @@ def build_report(
         "generation": generation,
         "inputs": [{"file": f, "sha256": h} for f, h in inputs.items()],
     }
+    if output.request:
+        provenance["request"] = output.request
     return {
         "schema_version": SCHEMA_VERSION,
         "research_use_only": True,

@@ -15,10 +15,13 @@ from .validate import validate_report
 THUMB_MAX = 512
 
 
-def thumbnail_png(image: Image.Image) -> bytes:
-    """A downscaled PNG of the image exactly as the model received it (windowing applied)."""
+def thumbnail_png(image: Image.Image, max_side: int = THUMB_MAX) -> bytes:
+    """A PNG of the image exactly as the model received it (windowing applied), downscaled to fit max_side.
+
+    Deterministic for the same pixels, so the bytes a remote backend sends can be the report's image-N.png.
+    """
     thumb = image.copy()
-    thumb.thumbnail((THUMB_MAX, THUMB_MAX))
+    thumb.thumbnail((max_side, max_side))
     buf = io.BytesIO()
     thumb.save(buf, format="PNG", optimize=True)
     return buf.getvalue()

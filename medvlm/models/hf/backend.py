@@ -177,6 +177,8 @@ class HFBackend(BackendBase):
             for s, p in batch
         ]
         images = [[img.image for img in s.images] for s, _ in batch]
+        if not any(images):  # a text-only batch (medvlm serve); processors reject a list of empty image lists
+            images = None
         inputs = self.processor(text=texts, images=images, return_tensors="pt", padding=True)
         inputs = inputs.to(self.model.device)
         if "pixel_values" in inputs and inputs["pixel_values"].is_floating_point():
