@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import ipaddress
 import logging
+import signal
 import time
 from dataclasses import dataclass, field
 from typing import Any, Callable
@@ -95,7 +96,11 @@ def serve(settings: ServeSettings, *, on_ready: Callable[[str], None] | None = N
             # Requests waiting for a batch get 503 now; the batch that is generating finishes and is answered.
             state.draining = True
             batcher.close(wait=False)
-            super().handle_exit(sig, frame)
+            # Not uvicorn's own handler: it re-raises the signal after shutdown, so a clean stop would end
+            # as "killed by SIGTERM" (or a KeyboardInterrupt) instead of exit code 0 with the stop line.
+            if self.should_exit and sig == signal.SIGINT:
+                self.force_exit = True  # a second Ctrl-C: stop waiting for connections
+            self.should_exit = True
 
     server = Server(config)
     try:
