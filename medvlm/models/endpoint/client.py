@@ -7,6 +7,7 @@ produces names the server by its redacted URL and has the API key and URL passwo
 
 from __future__ import annotations
 
+import base64
 import email.utils
 import random
 import time
@@ -51,7 +52,15 @@ class EndpointClient:
         self.public_url = options.public_url
         base, credentials = split_credentials(options.url)
         self._api_key = api_key_from_env()
-        self._secrets = [self._api_key, credentials[1] if credentials else None, credentials[0] if credentials else None]
+        if credentials and self._api_key:
+            raise ModelUnavailable(
+                "both an API key (MEDVLM_API_KEY/OPENAI_API_KEY) and credentials in the --endpoint URL were given; "
+                "they would share one Authorization header: use one"
+            )
+        self._secrets = [self._api_key]
+        if credentials:
+            basic = base64.b64encode(f"{credentials[0]}:{credentials[1]}".encode()).decode()
+            self._secrets += [basic, credentials[1], credentials[0]]
         headers = {"Accept": "application/json", "User-Agent": "medvlm-endpoint"}
         if self._api_key:
             headers["Authorization"] = f"Bearer {self._api_key}"
@@ -124,35 +133,27 @@ class EndpointClient:
         return self.clean(first_line(exc)) or type(exc).__name__
 
     def _server_message(self, response) -> str:
-        """`: message` from an OpenAI-shaped (or plain) error body, one line, scrubbed; '' when none."""
-        body = _json_or_none(response)
-        message = None
-        if isinstance(body, dict):
-            error = body.get("error")
-            if isinstance(error, dict):
-                message = error.get("message")
-            elif isinstance(error, str):
-                message = error
-            message = message or body.get("detail") or body.get("message")
-        elif response.text and len(response.text) < 500 and "<" not in response.text[:1]:
-            message = response.text
-        if not message or not isinstance(message, str):
-            return ""
-        return ": " + self.clean(message.strip().splitlines()[0] if message.strip() else message)
+        """`: message` from an error response, or ''."""
+        message = self._message_of(_json_or_none(response), response.text)
+        return f": {message}" if message else ""
 
     def error_text(self, reply: Reply) -> str:
         """One line for a final non-2xx reply."""
-        body = reply.body
-        message = ""
+        message = self._message_of(reply.body, reply.text)
+        return f"HTTP {reply.status}" + (f": {message}" if message else "")
+
+    def _message_of(self, body: Any, text: str) -> str:
+        """The first line of an OpenAI-shaped (or plain-text) error message, scrubbed; '' when there is none."""
+        raw = None
         if isinstance(body, dict):
             error = body.get("error")
             raw = error.get("message") if isinstance(error, dict) else error if isinstance(error, str) else None
             raw = raw or body.get("detail") or body.get("message")
-            if isinstance(raw, str) and raw.strip():
-                message = ": " + self.clean(raw.strip().splitlines()[0])
-        elif reply.text and len(reply.text) < 500 and not reply.text.lstrip().startswith("<"):
-            message = ": " + self.clean(reply.text.strip().splitlines()[0]) if reply.text.strip() else ""
-        return f"HTTP {reply.status}{message}"
+        elif text and len(text) < 500 and not text.lstrip().startswith("<"):  # not an HTML error page
+            raw = text
+        if not isinstance(raw, str) or not raw.strip():
+            return ""
+        return self.clean(raw.strip().splitlines()[0])
 
 
 def _timeout_reason(exc: BaseException, options: EndpointOptions) -> str:
