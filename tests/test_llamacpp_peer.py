@@ -25,15 +25,22 @@ from llamacpp_support import convert, export_for_llamacpp, free_port, llamacpp_s
 pytestmark = pytest.mark.slow
 
 
+def _missing(reason: str):
+    """Skip on a developer machine; fail in CI, where .ci/run installs the peer (MEDVLM_REQUIRE_PEER=1)."""
+    if os.environ.get("MEDVLM_REQUIRE_PEER") == "1":
+        pytest.fail(reason)
+    pytest.skip(reason)
+
+
 @pytest.fixture(scope="module")
 def converter() -> Path:
     try:
         import llama_cpp.server  # noqa: F401
     except ImportError as exc:
-        pytest.skip(f"llama-cpp-python[server] is not installed ({exc.name} missing); .ci/run installs it")
+        _missing(f"llama-cpp-python[server] is not installed ({exc.name} missing); .ci/run installs it")
     path = Path(os.environ.get("LLAMA_CPP_CONVERTER", ""))
     if not path.is_file():
-        pytest.skip("LLAMA_CPP_CONVERTER does not name llama.cpp's convert_hf_to_gguf.py; .ci/run sets it")
+        _missing("LLAMA_CPP_CONVERTER does not name llama.cpp's convert_hf_to_gguf.py; .ci/run sets it")
     return path
 
 

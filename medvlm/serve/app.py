@@ -106,9 +106,12 @@ def create_app(state: ServeState) -> FastAPI:
 
     @app.get("/health")
     async def health():
+        stats = state.batcher.stats
+        doc = {"status": "ok", "model": state.model_name, "requests": stats.requests, "batches": stats.batches,
+               "largest_batch": stats.largest}
         if state.draining:
-            return JSONResponse({"status": "shutting down", "model": state.model_name}, status_code=503)
-        return {"status": "ok", "model": state.model_name}
+            return JSONResponse({**doc, "status": "shutting down"}, status_code=503)
+        return doc
 
     @app.get("/v1/models")
     async def list_models(request: Request):
