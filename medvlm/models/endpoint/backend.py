@@ -8,8 +8,10 @@ requests keep failing comes back as an EndpointError in place of its ModelOutput
 from __future__ import annotations
 
 import base64
+import queue
+import threading
 import time
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Future
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -87,10 +89,9 @@ class EndpointBackend(BackendBase):
         self.served = served
         self.info = model_info(options, served)
         self.client = EndpointClient(options)
-        self._pool = ThreadPoolExecutor(options.concurrency, thread_name_prefix="medvlm-endpoint")
+        self._pool = DaemonPool(options.concurrency)
 
     def close(self) -> None:
-        self._pool.shutdown(wait=True)
         self.client.close()
 
     def preprocess(self, batch: list[tuple[Study, Prompt]]) -> PreparedBatch:
@@ -139,6 +140,31 @@ class EndpointBackend(BackendBase):
             return answer_output(reply, request.images, max_new_tokens, ignore_eos, seconds)
         except EndpointError as exc:
             return EndpointError(self.client.clean(str(exc)))
+
+
+class DaemonPool:
+    """N daemon worker threads: a request still waiting on a slow server never holds up interpreter exit
+    (Ctrl-C ends the batch at once; concurrent.futures' pool would join its workers, up to the read timeout)."""
+
+    def __init__(self, size: int):
+        self._jobs: queue.SimpleQueue = queue.SimpleQueue()
+        for i in range(size):
+            threading.Thread(target=self._work, name=f"medvlm-endpoint-{i}", daemon=True).start()
+
+    def submit(self, fn, *args) -> Future:
+        future: Future = Future()
+        self._jobs.put((future, fn, args))
+        return future
+
+    def _work(self) -> None:
+        while True:
+            future, fn, args = self._jobs.get()
+            if not future.set_running_or_notify_cancel():
+                continue
+            try:
+                future.set_result(fn(*args))
+            except BaseException as exc:  # noqa: BLE001 - handed to the waiting caller
+                future.set_exception(exc)
 
 
 def chat_messages(prompt: Prompt, images: tuple[bytes, ...]) -> list[dict]:
