@@ -313,6 +313,74 @@ def evaluate(
 
 
 @app.command()
+def review(
+    run_dir: Path = typer.Argument(..., help="Output folder of a batch."),
+    reviewer: Optional[str] = typer.Option(None, "--reviewer", help="Your name in the ledger (default: asked in the browser)."),
+    port: int = typer.Option(0, "--port", help="Port on 127.0.0.1 (default: a free one)."),
+    blind: bool = typer.Option(False, "--blind", help="Hide the model's findings and risk until your own first read is saved."),
+    no_browser: bool = typer.Option(False, "--no-browser", help="Only print the address; open no browser."),
+    import_csv: Optional[Path] = typer.Option(None, "--import", help="Import verdicts from a CSV instead of serving."),
+) -> None:
+    """Review the run's reports in a local web app (127.0.0.1, token in the printed address), or --import a CSV."""
+    from .errors import UsageProblem
+
+    if import_csv is not None:
+        from .review import ImportProblem, import_reviews
+
+        if reviewer or blind or port:
+            fail("--import takes reviewers from the file's reviewer column; leave out --reviewer, --blind and --port")
+        try:
+            result = import_reviews(run_dir, import_csv)
+        except ImportProblem as exc:
+            for line in exc.lines:
+                err.print(line, markup=False, soft_wrap=True, highlight=False)
+            fail(first_line(exc))
+        except UsageProblem as exc:
+            fail(first_line(exc))
+        out.print(f"imported {len(result.records)} reviews ({result.studies} studies; reviewers "
+                  f"{', '.join(result.reviewers)}) from {result.rows} rows of {import_csv}"
+                  + (f"; {result.replaced} replace earlier reviews (kept in the ledger)" if result.replaced else "")
+                  + (f"; columns ignored: {', '.join(result.ignored_columns)}" if result.ignored_columns else ""),
+                  soft_wrap=True, markup=False, highlight=False)
+        return
+    from .review import serve
+
+    try:
+        summary = serve(run_dir, reviewer=reviewer, port=port, blind=blind, open_browser=not no_browser,
+                        on_url=lambda line: print(line, flush=True))
+    except UsageProblem as exc:
+        fail(first_line(exc))
+    waiting = f"; {summary.queued_left} waiting for the run to be free (written by the next `medvlm review`)" if summary.queued_left else ""
+    err.print(f"review stopped: {summary.saved} reviews saved{waiting}; `medvlm agreement {run_dir}` for the figures",
+              markup=False, soft_wrap=True, highlight=False)
+
+
+@app.command()
+def agreement(
+    run_dir: Path = typer.Argument(..., help="Output folder of a batch with reviews."),
+    as_json: bool = typer.Option(False, "--json", help="Print the figures as JSON."),
+) -> None:
+    """Model vs reviewer (PPV, missed findings, risk kappa) and reviewer vs reviewer kappa, with counts."""
+    import json
+
+    from .errors import UsageProblem
+    from .review import agreement_lines, write_agreement
+
+    try:
+        result, written = write_agreement(run_dir)
+    except UsageProblem as exc:
+        fail(first_line(exc))
+    if as_json:
+        print(json.dumps(result, indent=2, ensure_ascii=False))
+        return
+    for line in agreement_lines(result):
+        out.print(line, markup=False, soft_wrap=True, highlight=False)
+    out.print(f"-> {written} (and a section in index.html)" if written else
+              "(not written: another medvlm command holds the run; figures above are current)",
+              markup=False, soft_wrap=True, highlight=False)
+
+
+@app.command()
 def bench(
     studies: Path = typer.Argument(..., help="Folder of studies to benchmark on."),
     model: str = typer.Option("bench", "--model", help="Preset (bench: ~0.6B random-weight Gemma3), directory or hub id."),

@@ -194,13 +194,26 @@ def _encode(df, fmt: str) -> bytes:
     return buf.getvalue()
 
 
+def reviews_table(run_dir: Path):
+    """The reviews table (see audit/reviews.py REVIEW_COLUMNS): one row per study x reviewer x read x finding."""
+    import pandas as pd
+
+    from .reviews import REVIEW_COLUMNS, review_rows
+
+    ledger = Path(run_dir) / LEDGER_NAME
+    rows = review_rows(read_ledger(ledger).records) if ledger.is_file() else []
+    df = pd.DataFrame(rows, columns=REVIEW_COLUMNS)
+    df["stale"] = df["stale"].astype("boolean")
+    return df
+
+
 def export_run(run_dir: Path, out_dir: Path, fmt: str = "csv", *, include_phi: bool = False) -> dict[str, tuple[Path, int]]:
-    """Write studies.<fmt> and findings.<fmt> atomically; returns table name -> (path, rows)."""
+    """Write studies.<fmt>, findings.<fmt> and reviews.<fmt> atomically; returns table name -> (path, rows)."""
     if fmt not in FORMATS:
         raise ExportProblem(f"--format must be one of {', '.join(FORMATS)} (got {fmt!r})")
     studies, findings = build_tables(run_dir, include_phi=include_phi)
     written = {}
-    for name, df in (("studies", studies), ("findings", findings)):
+    for name, df in (("studies", studies), ("findings", findings), ("reviews", reviews_table(run_dir))):
         path = Path(out_dir) / f"{name}.{fmt}"
         atomic_write_bytes(path, _encode(df, fmt))
         written[name] = (path, len(df))

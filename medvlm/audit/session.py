@@ -29,17 +29,27 @@ log = logging.getLogger("medvlm.audit")
 STATE_DIR = ".medvlm"
 LOCK_NAME = "batch.lock"
 OWNER_NAME = "batch.owner.json"
+SHORT_HOLD_S = 1.0  # a busy lock is tried again this long before the holder is asked who it is
+REVIEW_HOLD_WAIT_S = 15.0  # how long a command waits for a review app that holds the lock to append
+
+
+class LedgerDamaged(RunBusy):
+    """The ledger's chain is broken before its last line: nothing is appended until the user decides."""
 
 
 class LedgerSession:
     """Holds the run lock and the ledger writer between run_start and run_end."""
 
     purpose = "batch"
+    # A session that only adds a record or two (a saved review) skips run_start/run_end and may wait
+    # a little for the lock; a batch or regrade keeps the defaults.
+    run_records = True
+    lock_wait_s = 0.0
 
     def __init__(self, out: Path):
         self.out = Path(out)
         self.run_id = uuid.uuid4().hex
-        self._lock = FileLock(str(self.out / STATE_DIR / LOCK_NAME), timeout=0)
+        self._lock = FileLock(str(self.out / STATE_DIR / LOCK_NAME), timeout=self.lock_wait_s)
         self._writer: LedgerWriter | None = None
         self.state: LedgerState | None = None
         self.latest: dict[str, dict] = {}  # study key -> latest attempt record
@@ -55,6 +65,10 @@ class LedgerSession:
     def end_fields(self) -> dict:
         """Extra fields of this session's run_end record."""
         return {}
+
+    def read_state(self) -> LedgerState:
+        """The ledger as it is now (a subclass may parse only what was appended since its last read)."""
+        return read_ledger(self.out / LEDGER_NAME)
 
     def busy_message(self) -> str:
         return (f"another medvlm {self._owner_purpose()} is writing to {self.out} ({self._owner()}); "
@@ -78,13 +92,28 @@ class LedgerSession:
         try:
             self._lock.acquire()
         except Timeout:
-            raise RunBusy(self.busy_message()) from None
+            if not self._wait_for_short_holder():
+                raise RunBusy(self.busy_message()) from None
         try:
             self._open()
         except BaseException:
             self._lock.release()
             raise
         return self
+
+    def _wait_for_short_holder(self) -> bool:
+        """Wait for a holder that only appends a record (a review app saving); False when it is a long one."""
+        try:  # the holder may have taken the lock a moment ago and not yet said who it is
+            self._lock.acquire(timeout=SHORT_HOLD_S)
+            return True
+        except Timeout:
+            if self._owner_purpose() != "review":
+                return False
+        try:
+            self._lock.acquire(timeout=REVIEW_HOLD_WAIT_S)
+            return True
+        except Timeout:
+            return False
 
     def _owner(self) -> str:
         info = self._owner_info()
@@ -99,12 +128,12 @@ class LedgerSession:
             json.dumps({"pid": os.getpid(), "host": socket.gethostname(), "started_at": utc_now(),
                         "run_id": self.run_id, "purpose": self.purpose}),
         )
-        state = read_ledger(self.out / LEDGER_NAME)
+        state = self.read_state()
         bad = [p for p in state.problems if p.kind != "torn_tail"]
         if bad:
             # Appending to a broken chain would bury the evidence; the user decides what to do.
             first = bad[0]
-            raise RunBusy(
+            raise LedgerDamaged(
                 f"{self.out / LEDGER_NAME} line {first.line}: {first.message}; run `medvlm verify {self.out}` "
                 "and move the folder aside before writing to it again"
             )
@@ -117,13 +146,15 @@ class LedgerSession:
             if record.get("kind") == "run_start":
                 self.run_components[record["run_id"]] = record.get("components")
         self.latest = latest_attempts(state.records)
+        if not self.run_records:
+            return
         self.append({"kind": "run_start", "run_id": self.run_id, "purpose": self.purpose, "time": utc_now(),
                      "medvlm_version": __version__, "host": socket.gethostname(), "pid": os.getpid(),
                      **self.start_fields()})
 
     def __exit__(self, exc_type, exc, tb) -> None:
         try:
-            if self._writer is not None:
+            if self._writer is not None and self.run_records:
                 summary = self.out / "summary.csv"
                 self.append({"kind": "run_end", "run_id": self.run_id, "purpose": self.purpose, "time": utc_now(),
                              "completed": exc_type is None, "error": None if exc is None else one_line(exc),

@@ -10,12 +10,14 @@ from pathlib import Path
 from ..errors import NotARun, first_line
 from ..fileio import sha256_file
 from .ledger import LEDGER_NAME, latest_attempts, read_ledger
+from .reviews import check_reviews
 
 
 @dataclass(frozen=True)
 class Problem:
     kind: str  # torn_tail, invalid_json, record_edited, broken_chain, report_edited, report_deleted,
-    # file_edited, file_missing, unrecorded_report, stale_report, report_invalid, summary_mismatch, no_ledger
+    # file_edited, file_missing, unrecorded_report, stale_report, report_invalid, summary_mismatch, no_ledger,
+    # review_invalid, review_unknown_report, review_unknown_finding, reviews_mismatch, review_pending
     where: str  # a path relative to the run folder, or "ledger.jsonl line N"
     message: str
 
@@ -31,6 +33,7 @@ class VerifyResult:
     studies: int = 0
     reports: int = 0
     files: int = 0
+    reviews: int = 0
     head: str | None = None
 
     @property
@@ -41,6 +44,7 @@ class VerifyResult:
         return (
             f"ledger {self.records} records, head {self.head}; {self.studies} studies; "
             f"{self.reports} reports and {self.files} other files checked"
+            + (f"; {self.reviews} review records" if self.reviews else "")
         )
 
 
@@ -112,6 +116,8 @@ def verify_run(run_dir: Path, *, validate: bool = True) -> VerifyResult:
                     "(written by a batch that stopped before recording it, or added by hand)")
         )
     _check_summary(result, run_dir, state.records, latest)
+    result.reviews, review_problems = check_reviews(run_dir, state.records)
+    result.problems.extend(Problem(kind, where, message) for kind, where, message in review_problems)
     return result
 
 

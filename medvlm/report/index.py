@@ -120,6 +120,19 @@ def evaluations(out_dir: Path) -> list[dict]:
     return sorted(found, key=lambda e: e["created_at"], reverse=True)
 
 
+def review_agreement(out_dir: Path) -> dict | None:
+    """agreement.json (`medvlm agreement`) for the index's review section, marked stale when reviews changed since."""
+    from ..fileio import sha256_file
+
+    out_dir = Path(out_dir)
+    doc = _read_report(out_dir / "agreement.json")
+    if not doc or not isinstance(doc.get("counts"), dict):
+        return None
+    reviews = out_dir / "reviews.jsonl"
+    current = sha256_file(reviews) if reviews.is_file() else None
+    return {**doc, "stale": doc.get("reviews_sha256") != current}
+
+
 def index_context(out_dir: Path, rows: list[dict]) -> dict:
     """Everything index.html.j2 needs: entries sorted most urgent first, counts and filter choices."""
     out_dir = Path(out_dir)
@@ -136,6 +149,7 @@ def index_context(out_dir: Path, rows: list[dict]) -> dict:
         "models": sorted({e["model"] for e in entries if e["model"]}),
         "title": out_dir.resolve().name,
         "evaluations": evaluations(out_dir),
+        "agreement": review_agreement(out_dir),
     }
 
 
