@@ -197,6 +197,7 @@ class ReviewServer:
             Route("/study/{key}", self.study, methods=["GET", "HEAD"]),
             Route("/study/{key}/image/{index:int}", self.image, methods=["GET", "HEAD"]),
             Route("/static/{name}", self.static, methods=["GET", "HEAD"]),
+            Route("/favicon.ico", _no_icon, methods=["GET", "HEAD"]),
             Route("/api/reviewer", self.set_reviewer, methods=["POST"]),
             Route("/api/review/{key}", self.save, methods=["POST"]),
         ]
@@ -222,6 +223,10 @@ class ReviewServer:
             return _error(500, "internal error in the review server (not saved); see its terminal")
         return HTMLResponse("<!DOCTYPE html><title>error</title><p>Internal error in the review server; see its terminal.",
                             status_code=500)
+
+
+async def _no_icon(request: Request) -> Response:
+    return Response(status_code=204)  # browsers ask for one; no console error for its absence
 
 
 def _error(status: int, message: str) -> JSONResponse:

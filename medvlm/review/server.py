@@ -54,13 +54,16 @@ def serve(run_dir: Path, *, reviewer: str | None = None, port: int = 0, blind: b
     """Serve until interrupted; `on_url` gets the one line with the address (and its token)."""
     import uvicorn
 
-    from ..audit.reviews import flush_pending, pending_reviews
+    from ..audit.reviews import ReviewInvalid, flush_pending, pending_reviews
     from .app import ReviewServer
 
     run_dir = Path(run_dir)
     sock = bind(port)
     try:
         server_state = ReviewServer(run_dir, port=sock.getsockname()[1], reviewer=reviewer, blind=blind)
+    except ReviewInvalid as exc:
+        sock.close()
+        raise UsageProblem(f"--reviewer: {exc}") from None
     except BaseException:
         sock.close()
         raise
@@ -85,6 +88,8 @@ def serve(run_dir: Path, *, reviewer: str | None = None, port: int = 0, blind: b
         threading.Timer(0.5, lambda: webbrowser.open(url)).start()
     try:
         server.run(sockets=[sock])
+    except KeyboardInterrupt:
+        pass  # uvicorn stops on Ctrl-C and then raises it again: for this command it is the normal way to stop
     finally:
         stop.set()
         flusher.join(timeout=FLUSH_EVERY_S + 1)
