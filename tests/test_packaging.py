@@ -52,7 +52,8 @@ def test_wheel_ships_prompts_and_schemas_from_the_one_top_level_source(wheel):
                 assert zf.read(f"medvlm/_data/{kind}/{source.name}") == source.read_bytes()
     for folder, pattern in (("medvlm/models/preset_configs", "*/*.json"), ("medvlm/findings/vocab", "*.yaml"),
                             ("medvlm/findings/cues", "*.yaml"), ("medvlm/risk/rules", "*.yaml"),
-                            ("medvlm/report/templates", "*")):
+                            ("medvlm/report/templates", "*"), ("medvlm/review/templates", "*"),
+                            ("medvlm/review/static", "*")):
         for source in (PROJECT / folder).glob(pattern):
             assert source.relative_to(PROJECT).as_posix() in names
     assert not any(n.startswith(("tests/", "sample_data/", "prompts/", "schemas/")) for n in names)

@@ -24,14 +24,19 @@ ARGS = ["--no-sandbox", "--headless", "--disable-gpu", "--disable-background-net
         "--disable-sync", "--no-first-run"]
 
 
+def _missing(reason: str):
+    # CI sets MEDVLM_REQUIRE_BROWSER=1 (.ci/run installs chromium): there a missing browser is a failure, not a skip.
+    (pytest.fail if os.environ.get("MEDVLM_REQUIRE_BROWSER") == "1" else pytest.skip)(reason)
+
+
 @contextmanager
 def chromium():
     if not CHROMIUM.is_file():
-        pytest.skip(f"{CHROMIUM} not found (apt-get install chromium); the browser tests need Debian's chromium")
+        _missing(f"{CHROMIUM} not found (apt-get install chromium); the browser tests need Debian's chromium")
     try:
         from playwright.sync_api import sync_playwright
     except ImportError:
-        pytest.skip("the playwright package is not installed (pip install playwright; its browser download is not used)")
+        _missing("the playwright package is not installed (pip install playwright; its browser download is not used)")
     with sync_playwright() as p:
         browser = p.chromium.launch(executable_path=str(CHROMIUM), args=ARGS)
         try:

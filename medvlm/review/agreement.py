@@ -319,15 +319,16 @@ def _f(stat: dict | None, digits: int = 2) -> str:
 
 
 def _risk_line(name: str, r: dict, first: str = "model") -> str:
+    unit = "reviews" if first == "model" else "studies"
     if not r["n"]:
-        return f"  {name}: no study with both risk levels on the normal..critical scale"
+        return f"  {name}: no {unit[:-1]} with both risk levels on the normal..critical scale"
     extra = []
     if r["indeterminate"]:
         extra.append(f"{r['indeterminate']} with indeterminate left out")
     if r["not_given"]:
         extra.append(f"{r['not_given']} without a level")
     second = "reviewer" if first == "model" else name.split(" vs ")[-1]
-    return (f"  {name}: weighted kappa {_f(r['kappa_w'])} over {r['n']} studies; same level {r['exact']}/{r['n']}, "
+    return (f"  {name}: weighted kappa {_f(r['kappa_w'])} over {r['n']} {unit}; same level {r['exact']}/{r['n']}, "
             f"{second} higher {r['second_higher']}, lower {r['second_lower']}" + (f" ({'; '.join(extra)})" if extra else ""))
 
 
@@ -348,6 +349,12 @@ def agreement_lines(result: dict) -> list[str]:
     if not c["final_reviews"] and not c["first_reads"]:
         lines.append("No reviews yet: `medvlm review RUN` to review, `medvlm review RUN --import FILE` to import.")
         return lines
+    lines = _tables(result, lines)
+    return [line.rstrip() for line in lines]
+
+
+def _tables(result: dict, lines: list[str]) -> list[str]:
+    c = result["counts"]
     for title, table in (("Model vs reviewer, per finding (latest review per study and reviewer)", result["model_vs_reviewer"]),
                          ("Model vs blind first read, per finding", result["model_vs_first_read"])):
         if not table or not table["findings"]:
