@@ -13,7 +13,7 @@ import sys
 import threading
 import traceback
 from pathlib import Path
-from urllib.parse import quote
+from urllib.parse import quote, unquote
 
 from starlette.applications import Starlette
 from starlette.exceptions import HTTPException
@@ -57,7 +57,7 @@ class ReviewServer:
         if not raw:
             return None
         try:
-            return clean_reviewer(_unquote(raw))
+            return clean_reviewer(unquote(raw))
         except ReviewInvalid:
             return None
 
@@ -244,9 +244,3 @@ async def _json_body(request: Request) -> dict:
     if not isinstance(body, dict):
         raise HTTPException(400, "the request body is not a JSON object")
     return body
-
-
-def _unquote(value: str) -> str:
-    from urllib.parse import unquote
-
-    return unquote(value)

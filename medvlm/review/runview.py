@@ -16,8 +16,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from ..audit.ledger import LEDGER_NAME, latest_attempts
-from ..audit.reviews import (LedgerCache, current_report_sha, is_stale, latest_reviews, pending_reviews,
-                             record_problems)
+from ..audit.reviews import LedgerCache, current_report_sha, is_stale, latest_reviews, pending_reviews
 from ..audit.session import STATE_DIR
 from ..errors import NotARun
 from ..fileio import sha256_file
@@ -212,7 +211,3 @@ def vocabulary_for(doc: dict):
         except (OSError, VocabularyError):
             pass
     return load_vocabulary(modality)
-
-
-def valid_review_record(record: dict) -> bool:
-    return not record_problems(record)

@@ -204,7 +204,7 @@
     var prefill = data.prefill;
     if (prefill) {
       load(prefill);
-      if (prefill.from_first) { say("your first read's findings the model did not report are listed as missed; check them"); }
+      if (prefill.from_first && prefill.added.length) { say("your first read's findings the model did not report are listed as missed; check them"); }
       else if (prefill.time) { say("your saved review of " + prefill.time.slice(0, 16).replace("T", " ") + " UTC", "ok"); }
     }
     var draft = null;
