@@ -6,7 +6,7 @@ Layers, lowest first (a module may import its own layer and the layers below, ne
   audit     audit           (besides leaf: only config, report.validate and ingest.privacy helpers)
   stages    resources, stages
   run       outputs, executors
-  commands  pipeline, regrade, bench, and the other command modules
+  commands  pipeline, regrade, bench, and the other command modules (evaluate/, review/, serve/ ...)
   cli       cli, __main__
 Imports inside functions count too: a lazy import upward is still a dependency upward.
 """
@@ -123,6 +123,10 @@ def test_the_import_scanner_sees_relative_lazy_and_module_imports():
         "medvlm.models.backends")
     assert "medvlm.pipeline" in imports_of("medvlm.cli")  # imported inside a command function
     assert layer_of("medvlm.audit.run") > layer_of("medvlm.models.hf.backend") > layer_of("medvlm.errors")
+    # The review app is a command; its ledger record and checks belong to the audit layer.
+    assert LAYERS[layer_of("medvlm.review.app")][0] == "commands"
+    assert LAYERS[layer_of("medvlm.audit.reviews")][0] == "audit"
+    assert "medvlm.audit.reviews" in imports_of("medvlm.audit.verify")
 
 
 def test_the_layer_table_covers_the_layers_it_names():
