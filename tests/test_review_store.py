@@ -431,3 +431,16 @@ def test_agreement_of_two_imported_reviewers_who_disagree(run, tmp_path):
     assert verify_run(run).ok
     (run / "agreement.json").write_text("{}")
     assert "file_edited" in {p.kind for p in verify_run(run).problems}
+
+
+def test_a_report_written_before_finding_ids_gets_the_ids_a_regrade_would_give(run):
+    from medvlm.finding_ids import ids_for_codes
+    from medvlm.review.runview import _with_finding_ids
+
+    key, doc = _study_with(run, "pleural_effusion")
+    expected = [f["id"] for f in doc["findings"]]
+    for f in doc["findings"]:
+        del f["id"]
+    _with_finding_ids(doc, key)
+    assert [f["id"] for f in doc["findings"]] == expected == ids_for_codes(
+        key, doc["model_output"]["text"], [f["code"] for f in doc["findings"]])

@@ -199,8 +199,8 @@ def record_problems(record: dict) -> list[str]:
         codes.add(a["code"])
         if a.get("laterality") not in (None, *LATERALITIES):
             out.append(f"side {a.get('laterality')!r} of added {a['code']} is not one of {', '.join(LATERALITIES)}")
-        if any(v.get("code") == a["code"] and v.get("model_status") in ("present", "uncertain") for v in verdicts):
-            out.append(f"{a['code']} is added although the model reported it (give a verdict instead)")
+        if any(v.get("code") == a["code"] for v in verdicts):
+            out.append(f"{a['code']} is added although the model reported it (give a verdict on its finding instead)")
     return out
 
 

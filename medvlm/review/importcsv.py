@@ -207,12 +207,12 @@ def import_reviews(run_dir: Path, csv_path: Path) -> ImportResult:
             if verdict == "added":
                 if code == NO_FINDING:
                     raise ReviewInvalid(f"{NO_FINDING} cannot be added; give risk_level normal instead")
-                model = next((f for f in findings if f.get("status") in ("present", "uncertain")), None)
-                if model is not None and read != "first":
-                    raise ReviewInvalid(f"the model reported {code} ({model.get('status')}); "
-                                        "give agree, disagree or unsure instead of added")
                 if findings and read != "first":
-                    raise ReviewInvalid(f"the model reported {code} as absent; use disagree to say it is present")
+                    status = findings[0].get("status")
+                    raise ReviewInvalid(f"the model reported {code} as absent; use disagree to say it is present"
+                                        if status == "absent" else
+                                        f"the model reported {code} ({status}); give agree, disagree or unsure "
+                                        "instead of added")
                 group.added.append({"code": code, "label": vocab.entries[code].label, "laterality": side or None,
                                     "note": comment})
             else:

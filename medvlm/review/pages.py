@@ -193,7 +193,7 @@ def study_context(snap: Snapshot, entry: StudyEntry, doc: dict, *, reviewer: str
     prev_key, next_key, position, count = neighbours(snap, entry.key, reviewer, flt, blind)
     findings = _sorted_findings(doc) if show_model else []
     vocab = vocabulary_for(doc)
-    reported = {f.get("code") for f in findings if f.get("status") in ("present", "uncertain")}
+    reported = {f.get("code") for f in findings}  # any status: a verdict on the finding says it
     choices = [{"code": c, "label": e.label, "critical": e.critical, "reported": c in reported}
                for c, e in vocab.entries.items() if c != NO_FINDING]
     choices.sort(key=lambda c: c["label"].lower())

@@ -175,6 +175,7 @@ class RunView:
                           "run `medvlm verify` before reviewing it")
         if not isinstance(doc, dict) or not isinstance(doc.get("findings"), list):
             return None, "report.json is not a medvlm report"
+        _with_finding_ids(doc, key)
         with self._lock:
             self._docs[wanted] = doc
             while len(self._docs) > DOC_CACHE:
@@ -211,3 +212,17 @@ def vocabulary_for(doc: dict):
         except (OSError, VocabularyError):
             pass
     return load_vocabulary(modality)
+
+
+def _with_finding_ids(doc: dict, key: str) -> None:
+    """Reports written before finding ids (schema 1.0) get the ids a regrade would give them (as export does)."""
+    from ..finding_ids import ids_for_codes
+
+    findings = [f for f in doc["findings"] if isinstance(f, dict)]
+    if all(f.get("id") for f in findings):
+        return
+    study_key = (doc.get("study") or {}).get("key") or key
+    text = (doc.get("model_output") or {}).get("text") or ""
+    for f, fid in zip(findings, ids_for_codes(study_key, text, (f.get("code") or "" for f in findings))):
+        f.setdefault("id", fid)
+        f["id"] = f["id"] or fid
