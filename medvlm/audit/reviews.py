@@ -253,9 +253,14 @@ class ReviewSession(LedgerSession):
     purpose = "review"
     run_records = False
 
-    def __init__(self, out: Path, cache: "LedgerCache | None" = None):
+    def __init__(self, out: Path, cache: "LedgerCache | None" = None, *, patient: bool = True):
         super().__init__(out)
         self._cache = cache
+        self._patient = patient
+
+    def _wait_for_short_holder(self) -> bool:
+        # Impatient: saves are already queued behind a long holder; the next try comes soon anyway.
+        return self._patient and super()._wait_for_short_holder()
 
     def read_state(self) -> LedgerState:
         if self._cache is None:
@@ -334,12 +339,14 @@ def queue_review(run_dir: Path, record: dict) -> Path:
     return path
 
 
-def flush_pending(run_dir: Path, cache: LedgerCache | None = None) -> int:
-    """Append every queued review (raises RunBusy while a long command holds the lock); returns how many."""
+def flush_pending(run_dir: Path, cache: LedgerCache | None = None, *, patient: bool = True) -> int:
+    """Append every queued review (raises RunBusy while a long command holds the lock); returns how many.
+
+    patient=False gives up at once when the lock is taken (a save answering the browser)."""
     queued = pending_reviews(run_dir)
     if not queued:
         return 0
-    with ReviewSession(run_dir, cache) as session:
+    with ReviewSession(run_dir, cache, patient=patient) as session:
         queued = pending_reviews(run_dir)  # another app may have flushed them meanwhile
         written = session.append_reviews([{**r, "recorded_at": utc_now()} for _, r in queued])
         for path, _ in queued:
@@ -359,7 +366,7 @@ def save_review(run_dir: Path, record: dict, cache: LedgerCache | None = None) -
     if pending_reviews(run_dir):
         queue_review(run_dir, record)
         try:
-            flush_pending(run_dir, cache)
+            flush_pending(run_dir, cache, patient=False)
         except LedgerDamaged:
             raise
         except RunBusy:
