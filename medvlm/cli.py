@@ -77,6 +77,7 @@ def batch(
     max_tries: int = typer.Option(5, "--max-tries", min=1, max=100, help="--endpoint: tries per study (connection errors, 429, 5xx)."),
     retry_budget: float = typer.Option(300.0, "--retry-budget", min=0, help="--endpoint: seconds a study may spend retrying."),
     image_max_side: int = typer.Option(896, "--image-max-side", min=32, max=8192, help="--endpoint: longest side of the PNG sent (saved as image-N.png)."),
+    follow_links: bool = typer.Option(False, "--follow-links", help="Follow symlinks that point outside STUDIES (default: not followed)."),
 ) -> None:
     """Read every study in STUDIES and write validated JSON, HTML and PDF reports plus summary.csv."""
     from .config import RunConfig, from_env
@@ -114,6 +115,7 @@ def batch(
             max_new_tokens=max_new_tokens, batch_size=batch_size, max_images=max_images, ignore_eos=ignore_eos,
             include_phi=include_phi, force_modality=force_modality, write_pdf=pdf, prompt_file=prompt_file,
             vocab_file=vocab_file, rules_file=rules_file, executor=executor, executor_options=executor_options,
+            follow_links=follow_links,
         ),
         explicit,
     )
@@ -137,8 +139,11 @@ def batch(
             progress.console.print(f"[yellow]{row['status']}[/] {escape(row['source'])}: {escape(row['reason'])}",
                                    markup=True, soft_wrap=True)
 
+    def on_discover(entries: int) -> None:  # a big tree: say that discovery is working
+        err.print(f"discovering studies: {entries:,} entries listed", markup=False, highlight=False)
+
     try:
-        result = run_batch(config, on_progress=on_progress, on_total=on_total)
+        result = run_batch(config, on_progress=on_progress, on_total=on_total, on_discover=on_discover)
     except UsageProblem as exc:
         progress.stop()
         fail(str(exc))

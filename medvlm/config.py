@@ -35,6 +35,7 @@ class RunConfig:
     prompt_file: Path | None = None
     vocab_file: Path | None = None
     rules_file: Path | None = None
+    follow_links: bool = False  # discovery follows symlinks that point outside the studies folder
 
     def as_dict(self) -> dict:
         """Plain JSON for run.json and the ledger; credentials inside URL-valued options are redacted."""

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import os
+import stat
 import tempfile
 import threading
 from pathlib import Path
@@ -72,6 +74,8 @@ def sha256_file(path: Path, chunk: int = 1 << 20) -> str:
     by (device, inode, size, mtime_ns, ctime_ns), so a file changed in between is hashed again.
     """
     st = os.stat(path)
+    if not stat.S_ISREG(st.st_mode):  # a named pipe or device would block or never end
+        raise OSError(errno.EINVAL, "not a regular file", str(path))
     key = (st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns)
     with _HASHES_LOCK:
         known = _HASHES.get(key)

@@ -60,3 +60,31 @@ def resolve_data_path(name_or_path: str | Path, kind: str, names: tuple[str, ...
     if isinstance(name_or_path, str) and name_or_path in names:
         return named_data_file(kind, name_or_path)
     return Path(name_or_path)
+
+
+# A folder medvlm wrote a run into holds one of these (ledger.jsonl from the first record on,
+# .medvlm/ from the moment the run folder is created): discovery never reads such a folder as studies.
+RUN_MARKERS = ("ledger.jsonl", ".medvlm")
+
+
+def is_run_folder(folder: Path) -> bool:
+    """True for a medvlm output folder (recognised by its ledger or its .medvlm state folder)."""
+    folder = Path(folder)
+    return (folder / RUN_MARKERS[0]).is_file() or (folder / RUN_MARKERS[1]).is_dir()
+
+
+def display_path(text: str) -> str:
+    """A path as it may be written to JSON, CSV, HTML and the console: valid UTF-8 always.
+
+    A file name whose bytes are not UTF-8 (a latin-1 zip) reaches Python with surrogate escapes;
+    those bytes are shown as \\xNN escapes (stable: the same name always gives the same text).
+    """
+    try:
+        text.encode("utf-8")
+        return text
+    except UnicodeEncodeError:
+        pass
+    try:
+        return text.encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")
+    except UnicodeEncodeError:  # a lone surrogate that is no escaped byte
+        return text.encode("utf-8", "backslashreplace").decode("utf-8")

@@ -78,9 +78,14 @@ def run_batch(
     on_progress: Callable[[int, int, dict], None] | None = None,
     on_total: Callable[[int], None] | None = None,
     backend: Backend | None = None,
+    on_discover: Callable[[int], None] | None = None,
 ) -> BatchResult:
-    """Run every study under config.studies; a failure is a row in summary.csv, never an abort."""
+    """Run every study under config.studies; a failure is a row in summary.csv, never an abort.
+
+    on_discover(entries) hears every few seconds how many folder entries discovery has listed.
+    """
     out = Path(config.out)
+    ingest.check_studies_folder(Path(config.studies), out)  # before anything is written
     if backend is None and config.backend == "hf":
         resolve_model(config.model)  # an absent model fails in one line before anything is written
     resources = Resources.for_config(config)
@@ -96,7 +101,7 @@ def run_batch(
     job = BatchJob(config, resources, backend, stats=result.stats)
     with open_run(out, config, components) as audit:
         writer = RunWriter(out, audit, on_progress)
-        refs, early = _discover(config, key, audit, result.stats)
+        refs, early = _discover(config, key, audit, result.stats, on_discover)
         writer.total = len(refs) + len(early)
         if on_total:
             on_total(writer.total)
@@ -111,12 +116,14 @@ def run_batch(
     return result
 
 
-def _discover(config: RunConfig, key: bytes, audit, stats: dict) -> tuple[list[StudyRef], list[dict]]:
+def _discover(config: RunConfig, key: bytes, audit, stats: dict,
+              on_discover: Callable[[int], None] | None = None) -> tuple[list[StudyRef], list[dict]]:
     """(studies to do, rows known now): discovery errors are recorded, earlier attempts reused (resume)."""
     refs: list[StudyRef] = []
     early: list[dict] = []
     t0 = time.perf_counter()
-    for item in ingest.discover(Path(config.studies), key, config.modality):
+    for item in ingest.discover(Path(config.studies), key, config.modality, follow_links=config.follow_links,
+                                on_scan=on_discover):
         if isinstance(item, StudyError):
             early.append(error_row(item))
             audit.record(early[-1], item.ref)

@@ -12,6 +12,7 @@ import os
 from pathlib import Path
 
 from ..fileio import sha256_file
+from ..paths import display_path
 from ..records import StudyRef
 from .ledger import canonical
 
@@ -25,11 +26,12 @@ def components_digest(components: dict) -> str:
 
 
 def input_hashes(ref: StudyRef, root: Path) -> dict[str, str]:
-    """Relative file name -> SHA-256 for every file of the study (raises OSError if one is unreadable)."""
+    """Relative file name (paths.display_path: valid UTF-8) -> SHA-256 for every file of the study
+    (raises OSError if one is unreadable or not a regular file)."""
     out = {}
     for file in sorted(ref.files):
         name = os.path.relpath(file, root) if os.path.isabs(file) else str(file)
-        out[Path(name).as_posix()] = sha256_file(Path(file) if os.path.isabs(file) else Path(root) / file)
+        out[display_path(Path(name).as_posix())] = sha256_file(Path(file) if os.path.isabs(file) else Path(root) / file)
     return out
 
 

@@ -14,8 +14,16 @@ Rules (deterministic, sorted by name at every level):
   the DICOM images and notes the rasters).
 - Groups whose every file is a non-image object (SR, KO, PR, SEG, PDF, RT...) are yielded as
   StudyError(status="skipped"); unreadable files as StudyError(stage="discover") with one line.
-- Sidecars (.json/.csv/.txt...), hidden files and DICOMDIR indexes are not studies.
-- Symlinked folders are followed once; loops, broken links and unreadable folders become errors.
+- Sidecars (.json/.csv/.txt/.jsonl...), hidden files and DICOMDIR indexes are not studies.
+- One rule for what is read (_Scan.classify): regular files and folders only. A named pipe, socket
+  or device is a skipped row that is never opened (reading one blocks forever). A symlink is
+  followed only when its target lies inside the studies folder (follow_links=True: anywhere), a
+  linked folder once; loops, broken links and unreadable folders become errors.
+- A folder holding a medvlm run (ledger.jsonl or .medvlm/, see paths.RUN_MARKERS) is never read as
+  studies: the default --out inside the studies folder is not read back on the next batch. A studies
+  folder that is itself a run folder, or equal to --out, is a usage error (check_studies_folder).
+- File names that are not valid UTF-8 are shown with \\xNN escapes (paths.display_path) in sources
+  and reasons; keys hash the name's bytes, so they are stable.
 - Keys: "s-" + hmac-sha256(secret, StudyInstanceUID)[:16]; raster studies "r-" + hmac of the
   relative path; unreadable files "f-" + hmac of the relative path. A StudyInstanceUID met again in
   a later unit gets the key with a "-2", "-3"... suffix (the units are yielded separately).
@@ -25,11 +33,15 @@ from __future__ import annotations
 
 import errno
 import os
+import stat
+import time
 from collections import defaultdict
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterator
+from typing import Callable, Iterator
 
+from ..errors import UsageProblem
+from ..paths import RUN_MARKERS, display_path, is_run_folder
 from ..records import StudyError, StudyRef
 from .headers import read_header
 from .privacy import path_key, study_key
@@ -38,11 +50,12 @@ from .types import HeaderSummary, IngestError
 
 # Files that accompany studies but are never studies themselves.
 IGNORED_SUFFIXES = frozenset(
-    {".json", ".csv", ".tsv", ".txt", ".md", ".xml", ".yaml", ".yml", ".ini", ".log", ".html", ".htm",
+    {".json", ".jsonl", ".csv", ".tsv", ".txt", ".md", ".xml", ".yaml", ".yml", ".ini", ".log", ".html", ".htm",
      ".sha256", ".md5"}
 )
 IGNORED_NAMES = frozenset({"dicomdir", "thumbs.db", "desktop.ini", "lockfile", "version"})
 DICOM_SUFFIXES = frozenset({".dcm", ".dicom", ".dic", ".ima", ""})
+STATUS_EVERY_S = 2.0  # how often on_scan hears how many entries were listed
 
 
 @dataclass
@@ -54,60 +67,132 @@ class _Header:
 
 
 def relpath(path: Path, root: Path) -> str:
-    """Path relative to the batch root, POSIX style (never absolute in outputs)."""
+    """Path relative to the batch root, POSIX style (never absolute in outputs), always valid UTF-8."""
+    return display_path(raw_relpath(path, root))
+
+
+def raw_relpath(path: Path, root: Path) -> str:
+    """The relative path as the file system names it (undecodable bytes as surrogate escapes): what keys hash."""
     try:
         return Path(os.path.relpath(path, root)).as_posix()
     except ValueError:
-        return path.name
+        return Path(path).name
 
 
-def _file_error(path: Path, root: Path, secret: bytes, reason: str, status: str = "error") -> StudyError:
+def _file_error(path: Path, root: Path, secret: bytes, reason: str, status: str = "error", *,
+                readable: bool = True) -> StudyError:
+    """A discovery row for one entry; `readable` False for anything that is no regular file (never opened later)."""
     rel = relpath(path, root)
-    ref = StudyRef(key=path_key(secret, rel, prefix="f-"), source=rel, files=(str(path),))
+    files = (str(path),) if readable else ()
+    ref = StudyRef(key=path_key(secret, raw_relpath(path, root), prefix="f-"), source=rel, files=files)
     return StudyError(ref=ref, stage="discover", reason=f"{rel}: {reason}", status=status)  # type: ignore[arg-type]
 
 
-def _walk(folder: Path, root: Path, secret: bytes, ancestors: frozenset[str], seen: set[str]) -> Iterator[Path | StudyError]:
-    """Files below folder (sorted), following symlinked folders once, errors as values."""
-    try:
-        entries = sorted(os.scandir(folder), key=lambda e: e.name)
-    except PermissionError:
-        yield _file_error(folder, root, secret, "cannot list folder: permission denied")
-        return
-    except OSError as exc:
-        yield _file_error(folder, root, secret, f"cannot list folder: {exc.strerror or type(exc).__name__}")
-        return
-    for entry in entries:
-        path = Path(entry.path)
-        if entry.name.startswith("."):
-            continue
+class _Scan:
+    """One discovery pass: the batch root, the key secret, what was walked, and the status callback."""
+
+    def __init__(self, root: Path, secret: bytes, follow_links: bool, on_scan: Callable[[int], None] | None):
+        self.root = root
+        self.real_root = os.path.realpath(root)
+        self.secret = secret
+        self.follow_links = follow_links
+        self.on_scan = on_scan
+        self.seen: set[str] = {self.real_root}
+        self.entries = 0
+        self.reported = False  # on_scan was called (a big tree): it hears the final count too
+        self._last_report = time.monotonic()
+
+    def error(self, path: Path, reason: str, status: str = "error", readable: bool = True) -> StudyError:
+        return _file_error(path, self.root, self.secret, reason, status, readable=readable)
+
+    def tick(self) -> None:
+        self.entries += 1
+        if self.on_scan is not None and time.monotonic() - self._last_report >= STATUS_EVERY_S:
+            self._last_report = time.monotonic()
+            self.reported = True
+            self.on_scan(self.entries)
+
+    def inside(self, real: str) -> bool:
+        return real == self.real_root or real.startswith(self.real_root.rstrip(os.sep) + os.sep)
+
+    def classify(self, path: Path, ancestors: frozenset[str]) -> tuple[str, str] | StudyError | None:
+        """The one discovery rule for an entry: ("dir", realpath), ("file", path), an error row, or None (not read).
+
+        Regular files and folders only; a link is followed only to a target inside the studies
+        folder (any target with follow_links); never into a folder medvlm wrote a run into.
+        """
         try:
-            is_link = entry.is_symlink()
-            is_dir = entry.is_dir(follow_symlinks=True)
-            is_file = entry.is_file(follow_symlinks=True)
+            st = os.lstat(path)
         except OSError as exc:
-            yield _file_error(path, root, secret, _stat_reason(exc))
-            continue
-        if is_dir:
+            return self.error(path, _stat_reason(exc), readable=False)
+        is_link = stat.S_ISLNK(st.st_mode)
+        if is_link:
             try:
-                real = os.path.realpath(path)
-            except (OSError, RuntimeError):
-                yield _file_error(path, root, secret, "symlink loop (cannot resolve)")
-                continue
-            if real in ancestors:
-                yield _file_error(path, root, secret, "symlink loop (link points to a parent folder); not followed")
-                continue
-            if real in seen:
-                yield _file_error(path, root, secret, "folder already scanned through another link; not followed", "skipped")
-                continue
-            seen.add(real)
-            yield from _walk(path, root, secret, ancestors | {real}, seen)
-        elif is_file:
-            yield path
-        elif is_link:
-            yield _file_error(path, root, secret, _dangling_link_reason(path))
+                real = os.path.realpath(path, strict=True)
+                st = os.stat(real)
+            except OSError as exc:
+                if exc.errno == errno.ELOOP:
+                    return self.error(path, "symlink loop", readable=False)
+                if isinstance(exc, FileNotFoundError):
+                    return self.error(path, "broken symlink", readable=False)
+                return self.error(path, _stat_reason(exc), readable=False)
+            except RuntimeError:
+                return self.error(path, "symlink loop (cannot resolve)", readable=False)
+            if stat.S_ISDIR(st.st_mode) and real in ancestors:
+                return self.error(path, "symlink loop (link points to a parent folder); not followed", readable=False)
+            if not self.follow_links and not self.inside(real):
+                return self.error(path, "link points outside the studies folder; not followed", "skipped", readable=False)
         else:
-            yield _file_error(path, root, secret, "not a regular file (device, socket or pipe); ignored", "skipped")
+            real = None
+        if stat.S_ISDIR(st.st_mode):
+            real = real or os.path.realpath(path)
+            if is_run_folder(path):
+                return None  # a medvlm output folder (e.g. the default --out inside the studies folder)
+            if real in self.seen:
+                return self.error(path, "folder already scanned through another link; not followed", "skipped", readable=False)
+            self.seen.add(real)
+            return ("dir", real)
+        if stat.S_ISREG(st.st_mode):
+            return ("file", str(path))
+        return self.error(path, f"not a regular file ({_special_kind(st.st_mode)}); not read", "skipped", readable=False)
+
+    def entries_of(self, folder: Path) -> list[os.DirEntry] | StudyError:
+        try:
+            with os.scandir(folder) as it:
+                return sorted((e for e in it if not e.name.startswith(".")), key=lambda e: e.name)
+        except PermissionError:
+            return self.error(folder, "cannot list folder: permission denied", readable=False)
+        except OSError as exc:
+            return self.error(folder, f"cannot list folder: {exc.strerror or type(exc).__name__}", readable=False)
+
+    def walk(self, folder: Path, ancestors: frozenset[str]) -> Iterator[Path | StudyError]:
+        """Regular files below folder (sorted), errors as values."""
+        entries = self.entries_of(folder)
+        if isinstance(entries, StudyError):
+            yield entries
+            return
+        for entry in entries:
+            self.tick()
+            path = Path(entry.path)
+            kind = self.classify(path, ancestors)
+            if kind is None:
+                continue
+            if isinstance(kind, StudyError):
+                yield kind
+            elif kind[0] == "dir":
+                yield from self.walk(path, ancestors | {kind[1]})
+            else:
+                yield path
+
+
+def _special_kind(mode: int) -> str:
+    if stat.S_ISFIFO(mode):
+        return "a named pipe"
+    if stat.S_ISSOCK(mode):
+        return "a socket"
+    if stat.S_ISCHR(mode) or stat.S_ISBLK(mode):
+        return "a device"
+    return "not a file or folder"
 
 
 def _stat_reason(exc: OSError) -> str:
@@ -120,16 +205,6 @@ def _stat_reason(exc: OSError) -> str:
 
 def _is_ignored(path: Path) -> bool:
     return path.suffix.lower() in IGNORED_SUFFIXES or path.name.lower() in IGNORED_NAMES
-
-
-def _dangling_link_reason(path: Path) -> str:
-    """Why a symlink that is not a readable file or folder cannot be followed."""
-    try:
-        os.stat(path)
-    except OSError as exc:
-        if exc.errno == errno.ELOOP:
-            return "symlink loop"
-    return "broken symlink"
 
 
 def _source(paths: list[Path], root: Path) -> str:
@@ -163,7 +238,7 @@ def _scan_unit(files: list[Path], root: Path, secret: bytes, uid_count: dict[str
                 out.append(_file_error(path, root, secret, reason))
             continue
         uid = str(ds.get("StudyInstanceUID", "") or "").strip() or None
-        headers.append(_Header(path, relpath(path, root), uid, summary))
+        headers.append(_Header(path, raw_relpath(path, root), uid, summary))
 
     groups: dict[str, list[_Header]] = defaultdict(list)
     for h in headers:
@@ -180,8 +255,7 @@ def _scan_unit(files: list[Path], root: Path, secret: bytes, uid_count: dict[str
         if owners and len(owners) == 1:
             attached[next(iter(owners))].append(r)
         else:
-            rel = relpath(r, root)
-            out.append(StudyRef(key=path_key(secret, rel), source=rel, files=(str(r),)))
+            out.append(StudyRef(key=path_key(secret, raw_relpath(r, root)), source=relpath(r, root), files=(str(r),)))
 
     for gkey, members in groups.items():
         paths = sorted(h.path for h in members)
@@ -207,11 +281,24 @@ def _scan_unit(files: list[Path], root: Path, secret: bytes, uid_count: dict[str
                                           r.key if isinstance(r, StudyRef) else r.ref.key))
 
 
-def discover(root: Path, key_secret: bytes, modality: str = "auto") -> Iterator[StudyRef | StudyError]:
+def check_studies_folder(studies: Path, out: Path | None = None) -> None:
+    """Raise UsageProblem when the studies folder is a medvlm output folder or the output folder itself."""
+    studies = Path(studies)
+    if out is not None and os.path.realpath(studies) == os.path.realpath(out):
+        raise UsageProblem(f"--out {out} is the studies folder; write the run elsewhere (a folder inside it is fine)")
+    if studies.is_dir() and is_run_folder(studies):
+        raise UsageProblem(f"{studies} is a medvlm output folder (it holds {RUN_MARKERS[0]} or {RUN_MARKERS[1]}/), "
+                           "not a folder of studies")
+
+
+def discover(root: Path, key_secret: bytes, modality: str = "auto", *, follow_links: bool = False,
+             on_scan: Callable[[int], None] | None = None) -> Iterator[StudyRef | StudyError]:
     """Stream the studies under root (headers only): StudyRef per study, StudyError per bad file.
 
     modality is accepted for interface symmetry; routing and mismatch checks happen in load_study.
-    Raises FileNotFoundError / NotADirectoryError only for a root that does not exist (a usage error).
+    on_scan(entries) is called every few seconds while folders are listed (a status line for big trees).
+    Raises FileNotFoundError / NotADirectoryError only for a root that does not exist (a usage error),
+    UsageProblem for a root that is a medvlm output folder.
     """
     root = Path(root)
     if not root.exists():
@@ -219,60 +306,39 @@ def discover(root: Path, key_secret: bytes, modality: str = "auto") -> Iterator[
     if root.is_file():
         yield from _scan_unit([root.resolve()], root.resolve().parent, key_secret, {})
         return
+    check_studies_folder(root)
     root = root.resolve()
+    scan = _Scan(root, key_secret, follow_links, on_scan)
     uid_count: dict[str, int] = {}
     loose: list[Path] = []
-    folders: list[Path] = []
-    walked = list(_walk_top(root, key_secret))
-    for item in walked:
-        if isinstance(item, StudyError):
-            yield item
-        elif item.is_dir():
-            folders.append(item)
+    folders: list[tuple[Path, str]] = []
+    entries = scan.entries_of(root)
+    if isinstance(entries, StudyError):
+        raise NotADirectoryError(f"cannot list input folder {root}: {entries.reason.split(': ', 1)[-1]}")
+    top = frozenset({scan.real_root})
+    for entry in entries:
+        scan.tick()
+        kind = scan.classify(Path(entry.path), top)
+        if kind is None:
+            continue
+        if isinstance(kind, StudyError):
+            yield kind
+        elif kind[0] == "dir":
+            folders.append((Path(entry.path), kind[1]))
         else:
-            loose.append(item)
+            loose.append(Path(entry.path))
     if loose:
         yield from _scan_unit(loose, root, key_secret, uid_count)
-    seen: set[str] = {os.path.realpath(root)}
-    for folder in folders:
-        real = os.path.realpath(folder)
-        if real in seen:
-            yield _file_error(folder, root, key_secret, "symlink loop or folder already scanned; not followed", "skipped")
-            continue
-        seen.add(real)
+    for folder, real in folders:
         files: list[Path] = []
-        for item in _walk(folder, root, key_secret, frozenset({os.path.realpath(root), real}), seen):
+        for item in scan.walk(folder, top | {real}):
             if isinstance(item, StudyError):
                 yield item
             else:
                 files.append(item)
         yield from _scan_unit(files, root, key_secret, uid_count)
+    if on_scan is not None and scan.reported:
+        on_scan(scan.entries)
 
 
-def _walk_top(root: Path, secret: bytes) -> Iterator[Path | StudyError]:
-    """Top-level entries: files and folders (sorted); broken links and specials as errors."""
-    try:
-        entries = sorted(os.scandir(root), key=lambda e: e.name)
-    except OSError as exc:
-        raise NotADirectoryError(f"cannot list input folder {root}: {exc.strerror}") from None
-    for entry in entries:
-        if entry.name.startswith("."):
-            continue
-        path = Path(entry.path)
-        try:
-            if entry.is_dir(follow_symlinks=True):
-                yield path
-                continue
-            if entry.is_file(follow_symlinks=True):
-                yield path
-                continue
-        except OSError as exc:
-            yield _file_error(path, root, secret, _stat_reason(exc))
-            continue
-        if entry.is_symlink():
-            yield _file_error(path, root, secret, _dangling_link_reason(path))
-        else:
-            yield _file_error(path, root, secret, "not a regular file (device, socket or pipe); ignored", "skipped")
-
-
-__all__ = ["discover", "relpath", "RASTER_SUFFIXES"]
+__all__ = ["discover", "relpath", "check_studies_folder", "RASTER_SUFFIXES"]

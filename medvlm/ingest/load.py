@@ -25,10 +25,10 @@ from ..fileio import sha256_file
 from ..records import ImageInput, Study, StudyContext, StudyError, StudyRef
 from .dicom import render_slices
 from .discover import relpath
-from .headers import LATERAL, context_from, header_text, parse_age, parse_sex, read_header, view_of
+from .headers import LATERAL, context_from, header_text, read_header, view_of
 from .montage import sort_slices
 from .privacy import phi_from_dataset, scrub
-from .raster import is_raster, render_raster, sidecar_for
+from .raster import context_fields, is_raster, render_raster, sidecar_for
 from .read import frame_count, read_dataset
 from .route import UnsupportedModality, mismatch_reason, resolve_modality
 from .types import MAX_TILES, HeaderSummary, IngestError, Rendered, Slice
@@ -267,7 +267,7 @@ def _series_choice(headers, max_images, notes, root, template) -> list[list[Slic
 def _load_raster(ref, files, root, modality, max_images, force) -> Study | StudyError:
     notes: list[str] = []
     images: list[ImageInput] = []
-    fields: dict[str, str] = {}
+    fields: dict = {}
     errors: list[str] = []
     for path in sorted(files)[:max_images]:
         rel = relpath(path, root)
@@ -279,8 +279,9 @@ def _load_raster(ref, files, root, modality, max_images, force) -> Study | Study
         side, side_name, side_notes = sidecar_for(path)
         notes.extend(side_notes)
         if side and not fields:
-            fields = side
+            fields, value_notes = context_fields(side, side_name)
             notes.append(f"context from sidecar {side_name}")
+            notes.extend(value_notes)
         notes.extend(rendered.notes)
         images.append(ImageInput(
             source=rel, sha256=image_sha256([path]), image=rendered.image, kind="raster",
@@ -293,8 +294,8 @@ def _load_raster(ref, files, root, modality, max_images, force) -> Study | Study
     side_mod = (fields.get("modality") or "").strip()
     dicom_modality = {"chest_xray": "CR", "ct": "CT", "mri": "MR", "mr": "MR", "xray": "CR"}.get(side_mod.lower(), side_mod.upper() or None)
     ctx = StudyContext(
-        age_years=parse_age(fields.get("age")),
-        sex=parse_sex(fields.get("sex")),
+        age_years=fields.get("age"),
+        sex=fields.get("sex"),
         view=_raster_view(fields.get("view")),
         indication=fields.get("indication"),
         body_part=(fields.get("body_part") or None) and fields["body_part"].upper(),

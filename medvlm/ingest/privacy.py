@@ -55,7 +55,8 @@ def load_or_create_key(out_dir: Path) -> bytes:
 
 def keyed_hash(secret: bytes, value: str, n: int = 16) -> str:
     """hmac-sha256(secret, value) as n hex characters."""
-    return hmac.new(secret, value.encode("utf-8"), hashlib.sha256).hexdigest()[:n]
+    # surrogateescape: a file name that is not UTF-8 hashes as its bytes (no UnicodeEncodeError)
+    return hmac.new(secret, value.encode("utf-8", "surrogateescape"), hashlib.sha256).hexdigest()[:n]
 
 
 def study_key(secret: bytes, study_uid: str) -> str:

@@ -3,19 +3,30 @@
 from __future__ import annotations
 
 import csv
+import io
 import json
-from pathlib import Path
+import math
+import os
+import stat
+from dataclasses import dataclass, field
+from functools import lru_cache
+from pathlib import Path, PurePath
+from typing import Any
 
 import numpy as np
 from PIL import Image, ImageFile, ImageOps
 
+from ..paths import display_path
 from .capture import captured
+from .headers import parse_age
 from .privacy import scrub
 from .types import MAX_FRAME_PIXELS, MAX_SIDE, IngestError, Rendered
 
 RASTER_SUFFIXES = frozenset({".png", ".jpg", ".jpeg"})
 SIDECAR_SUFFIXES = (".json", ".csv")
 FOLDER_SIDECARS = ("study.json", "study.csv", "metadata.json", "metadata.csv", "sidecar.json", "sidecar.csv")
+MAX_SIDECAR_BYTES = 64 << 20  # a larger table is not read (the NIH Data_Entry_2017.csv is 7.5 MB)
+MAX_SIDECAR_DEPTH = 16  # a sidecar is flat; deeper JSON is hostile or not a sidecar
 
 # Pillow refuses images over this many pixels (DecompressionBombError at twice the limit; we check first).
 Image.MAX_IMAGE_PIXELS = MAX_FRAME_PIXELS
@@ -105,76 +116,194 @@ def _to_rgb8(img: Image.Image) -> tuple[Image.Image, str]:
     return img.convert("RGB"), f"{mode} -> RGB"
 
 
-def _norm_key(key: str) -> str | None:
-    k = key.strip().lower()
+def _norm_key(key) -> str | None:
+    k = str(key).strip().lower()
     for name, aliases in _FIELD_ALIASES.items():
         if k in aliases:
             return name
     return None
 
 
-def _normalise(row: dict) -> dict[str, str]:
-    out: dict[str, str] = {}
+def _normalise(row: dict) -> dict[str, Any]:
+    """The known fields of one sidecar row, values as found (checked later by context_fields)."""
+    out: dict[str, Any] = {}
     for key, value in row.items():
-        name = _norm_key(str(key))
-        if name and value not in (None, ""):
-            out[name] = str(value).strip()
+        name = _norm_key(key)
+        if name and name not in out and value not in (None, ""):
+            out[name] = value.strip() if isinstance(value, str) else value
     return out
 
 
-def _read_table(path: Path) -> list[dict[str, str]]:
-    if path.suffix.lower() == ".json":
-        data = json.loads(path.read_text(encoding="utf-8"))
-        rows = data if isinstance(data, list) else [data]
-        return [_normalise(r) for r in rows if isinstance(r, dict)]
-    with path.open(newline="", encoding="utf-8-sig") as fh:
-        return [_normalise(r) for r in csv.DictReader(fh)]
+@dataclass(frozen=True)
+class _Table:
+    """One sidecar file parsed once: its rows, the rows naming a file indexed by that name, or why it is unusable."""
 
+    rows: tuple[dict, ...] = ()
+    by_name: dict[str, dict] = field(default_factory=dict)
+    error: str | None = None
 
-def _pick_row(rows: list[dict[str, str]], image: Path) -> dict[str, str] | None:
-    if not rows:
+    def row_for(self, image: Path, *, keyed_only: bool) -> dict | None:
+        for name in (image.name, image.stem):
+            if name in self.by_name:
+                return dict(self.by_name[name])
+        if not keyed_only and len(self.rows) == 1 and not self.by_name:
+            return dict(self.rows[0])
         return None
-    keyed = [r for r in rows if "file" in r]
-    for r in keyed:
-        if Path(r["file"]).name in (image.name, image.stem):
-            return r
-    if len(rows) == 1 and not keyed:
-        return rows[0]
-    return None
 
 
-def sidecar_for(image: Path) -> tuple[dict[str, str], str | None, list[str]]:
-    """Context fields for a raster image: <stem>.json/.csv, <name>.json/.csv, then a folder sidecar.
+def _depth(data) -> int:
+    """How deeply lists and objects nest in parsed JSON (iterative: no recursion on hostile input)."""
+    deepest, stack = 0, [(data, 1)]
+    while stack:
+        item, level = stack.pop()
+        if isinstance(item, (dict, list)):
+            deepest = max(deepest, level)
+            if level > MAX_SIDECAR_DEPTH:
+                return level
+            stack.extend((v, level + 1) for v in (item.values() if isinstance(item, dict) else item))
+    return deepest
 
-    Returns (fields, sidecar file name, notes); a broken sidecar is a note, never an error.
+
+def _parse_table(path: Path) -> _Table:
+    """Read and index one sidecar; every problem is the table's one-line error, never an exception."""
+    try:
+        st = os.stat(path)
+        if not stat.S_ISREG(st.st_mode):
+            return _Table(error="not a regular file")
+        if st.st_size > MAX_SIDECAR_BYTES:
+            return _Table(error=f"larger than {MAX_SIDECAR_BYTES // (1 << 20)} MB")
+        text = path.read_bytes().decode("utf-8-sig")  # a UTF-8 BOM (Windows editors) is fine
+        if path.suffix.lower() == ".json":
+            try:
+                data = json.loads(text)
+            except RecursionError:
+                return _Table(error=f"nested more than {MAX_SIDECAR_DEPTH} levels")
+            if _depth(data) > MAX_SIDECAR_DEPTH:
+                return _Table(error=f"nested more than {MAX_SIDECAR_DEPTH} levels")
+            raw = data if isinstance(data, list) else [data]
+        else:
+            raw = list(csv.DictReader(io.StringIO(text, newline="")))
+    except UnicodeDecodeError:
+        return _Table(error="not UTF-8 text")
+    except (OSError, ValueError, csv.Error) as exc:
+        return _Table(error=f"unreadable ({type(exc).__name__})")
+    rows = tuple(_normalise(r) for r in raw if isinstance(r, dict))
+    by_name: dict[str, dict] = {}
+    for r in rows:
+        if "file" in r and isinstance(r["file"], (str, int)):
+            by_name.setdefault(PurePath(str(r["file"]).replace("\\", "/")).name, r)
+    return _Table(rows, by_name)
+
+
+@lru_cache(maxsize=64)
+def _table_at(path: str, size: int, mtime_ns: int) -> _Table:
+    return _parse_table(Path(path))
+
+
+def _table(path: Path) -> _Table:
+    """A sidecar parsed once per version of the file (a folder table serves every image beside it)."""
+    try:
+        st = os.stat(path)
+    except OSError as exc:
+        return _Table(error=f"unreadable ({exc.strerror or type(exc).__name__})")
+    return _table_at(str(path), st.st_size, st.st_mtime_ns)
+
+
+@lru_cache(maxsize=256)
+def _tables_at(folder: str, mtime_ns: int) -> tuple[str, ...]:
+    try:
+        with os.scandir(folder) as it:
+            return tuple(sorted(e.path for e in it if Path(e.name).suffix.lower() in SIDECAR_SUFFIXES
+                                and not e.name.startswith(".")))
+    except OSError:
+        return ()
+
+
+def _folder_tables(folder: Path) -> list[Path]:
+    """The JSON/CSV files of a folder, listed once per version of the folder (not once per image)."""
+    try:
+        mtime = os.stat(folder).st_mtime_ns
+    except OSError:
+        return []
+    return [Path(p) for p in _tables_at(str(folder), mtime)]
+
+
+def sidecar_for(image: Path) -> tuple[dict[str, Any], str | None, list[str]]:
+    """Context fields for a raster image: <stem>.json/.csv, <name>.json/.csv, then a folder sidecar,
+    then a row naming the image in any other table of the folder.
+
+    Returns (fields as found, sidecar file name, notes). A broken sidecar is a note on the image it
+    belongs to (its own or its folder's), never an error; a broken table of the folder that is not
+    this image's is passed over without a word. Values are checked by context_fields.
     """
     notes: list[str] = []
     candidates = [image.with_suffix(s) for s in SIDECAR_SUFFIXES]
     candidates += [image.with_name(image.name + s) for s in SIDECAR_SUFFIXES]
     candidates += [image.parent / name for name in FOLDER_SIDECARS]
-    # any other table in the folder counts only through a row naming this file
-    tables = sorted(p for p in image.parent.iterdir() if p.suffix.lower() in SIDECAR_SUFFIXES and p not in candidates)
-    for cand in candidates + tables:
-        if cand in tables:
-            try:
-                rows = _read_table(cand)
-            except (OSError, ValueError, csv.Error, UnicodeDecodeError):
-                continue
-            row = _pick_row([r for r in rows if "file" in r], image)
-            if row is not None:
-                row.pop("file", None)
-                return row, cand.name, notes
+    tables = [p for p in _folder_tables(image.parent) if p not in candidates]
+    for cand in candidates:
+        if not cand.exists():
             continue
-        if not cand.is_file():
+        table = _table(cand)
+        if table.error:
+            notes.append(f"sidecar {display_path(cand.name)} rejected ({table.error}); ignored")
             continue
-        try:
-            with captured([]):  # a sidecar's warnings are not the study's business (and stay off the console)
-                rows = _read_table(cand)
-        except (OSError, ValueError, csv.Error, UnicodeDecodeError) as exc:
-            notes.append(f"sidecar {cand.name} unreadable ({type(exc).__name__}); ignored")
-            continue
-        row = _pick_row(rows, image)
+        row = table.row_for(image, keyed_only=False)
         if row is not None:
             row.pop("file", None)
-            return row, cand.name, notes
+            return row, display_path(cand.name), notes
+    for other in tables:
+        table = _table(other)
+        row = None if table.error else table.row_for(image, keyed_only=True)
+        if row is not None:
+            row.pop("file", None)
+            return row, display_path(other.name), notes
     return {}, None, notes
+
+
+_SEXES = {"M": "M", "MALE": "M", "MAN": "M", "F": "F", "FEMALE": "F", "WOMAN": "F", "O": "O", "OTHER": "O"}
+
+
+def _shown(value: Any) -> str:
+    """A rejected value, short enough for a note (no quotes: notes drop quoted text)."""
+    text = " ".join(str(value).split())
+    return text if len(text) <= 24 else text[:23] + "…"
+
+
+def context_fields(found: dict[str, Any], sidecar: str | None) -> tuple[dict[str, Any], list[str]]:
+    """Check a sidecar's values: (usable fields, one note per value ignored and why).
+
+    age: a number of years 0-129 (or DICOM AS like 063Y); sex: M/F/O (male, female...); view,
+    modality, body_part, indication: text (numbers are taken as text; lists, objects, booleans
+    and NaN are not).
+    """
+    where = f"sidecar {sidecar}: " if sidecar else ""
+    fields: dict[str, Any] = {}
+    notes: list[str] = []
+    for name, value in found.items():
+        if name == "file":
+            continue
+        if isinstance(value, bool) or isinstance(value, (dict, list)):
+            notes.append(f"{where}{name} ignored ({type(value).__name__}, not a value)")
+            continue
+        if isinstance(value, float) and not math.isfinite(value):
+            notes.append(f"{where}{name} ignored ({_shown(value)} is not a number)")
+            continue
+        if name == "age":
+            age = parse_age(value if isinstance(value, str) else str(value))
+            if age is None:
+                notes.append(f"{where}age {_shown(value)} ignored (not an age in years from 0 to 129)")
+            else:
+                fields["age"] = age
+        elif name == "sex":
+            sex = _SEXES.get(value.strip().upper()) if isinstance(value, str) else None
+            if sex is None:
+                notes.append(f"{where}sex {_shown(value)} ignored (expected M, F or O)")
+            else:
+                fields["sex"] = sex
+        else:
+            text = value if isinstance(value, str) else (str(int(value)) if float(value).is_integer() else str(value))
+            text = " ".join(text.split())
+            if text:
+                fields[name] = text
+    return fields, notes
