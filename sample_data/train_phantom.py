@@ -1,0 +1,577 @@
+"""Train the `phantom` preset: a small Gemma3ForConditionalGeneration that reads phantom chest radiographs.
+
+Run (from the repository root; ~30-40 min on 2 CPU cores):
+    python sample_data/train_phantom.py --out medvlm/models/phantom --work .cache/phantom-train
+
+Seed 1000, studies 0..N-1 of that seed for training and the next --val for validation; the
+benchmark uses seed 7 (never seen here). Steps, each cached under --work so an interrupted run resumes:
+1. data: phantoms written as real files by medvlm.phantoms.generate, read back by medvlm's own ingest
+   and prompt code, and passed through the model's own Gemma3 processor, so training sees exactly
+   what `medvlm run --model phantom` feeds the model. Pixels are kept as uint8 (the processor
+   resizes 8-bit images, so the normalisation is exactly invertible), prompts as token ids.
+2. tokenizer: byte-level BPE trained on the prompts, the chest vocabulary and phantom report text.
+3. stage 1: the SigLIP vision tower (plus a throw-away head on its mean patch feature) learns a
+   multi-label phantom classifier on frontal views: for every finding, absent or which side /
+   severity / zone / kind, plus nodule and mass size and the cardiothoracic ratio.
+4. stage 2: the vision tower is frozen (its outputs cached); the projector and the text decoder
+   learn the report text (medvlm.phantoms.language, fresh phrasing every epoch) by teacher forcing.
+5. check: greedy generation on the validation studies through transformers' generate(), graded by
+   medvlm's findings extractor, then the model is saved as a Hugging Face folder in fp16.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import multiprocessing as mp
+import os
+import shutil
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+
+PROJECT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(PROJECT))
+
+from medvlm.models.demo import CHAT_TEMPLATE, EXTRA_TOKENS, SPECIAL_TOKENS  # noqa: E402
+from medvlm.phantoms import FINDING_CODES, sample_study  # noqa: E402
+from medvlm.phantoms.language import report_text  # noqa: E402
+
+SEED = 1000
+IMAGE_SIZE = 128
+PATCH = 16
+MM_TOKENS = 16
+VOCAB = 1536
+RENDER_SIZE = 256  # phantoms are written at this many rows, then ingested and resized to IMAGE_SIZE
+SPEC = {
+    "hidden_size": 128, "intermediate_size": 384, "num_layers": 3, "num_heads": 4, "num_kv_heads": 1,
+    "head_dim": 32, "vision_hidden": 96, "vision_intermediate": 384, "vision_layers": 3, "vision_heads": 4,
+}
+
+
+def log(msg: str) -> None:
+    print(f"[{time.strftime('%H:%M:%S')}] {msg}", flush=True)
+
+
+# ------------------------------------------------------------------ labels
+
+
+def finding_key(f) -> str:
+    if f.code in ("nodule", "mass"):
+        return f"{f.side}|{f.zone}"
+    if f.code == "consolidation":
+        return f"{f.side}|{f.zone}|{f.kind}"
+    if f.code == "atelectasis":
+        return f"plate|{f.side}" if f.kind == "plate" else f"lobar|{f.side}|{f.zone}"
+    if f.code in ("edema", "cardiomegaly"):
+        return f.severity
+    return f"{f.side}|{f.severity}"
+
+
+def class_table(n: int = 20000) -> dict[str, list[str]]:
+    """Every (finding, attributes) class the generator makes, from a large sample of specs (seed 999)."""
+    seen: dict[str, set[str]] = {c: set() for c in FINDING_CODES}
+    for i in range(n):
+        for f in sample_study(999, i).findings:
+            seen[f.code].add(finding_key(f))
+    return {c: ["absent"] + sorted(v) for c, v in seen.items()}
+
+
+def labels_of(study, classes) -> tuple[list[int], list[float]]:
+    """Class index per finding, plus regression targets (nodule cm, mass cm, ctr; NaN when absent)."""
+    find = {f.code: f for f in study.findings}
+    idx = []
+    for code in FINDING_CODES:
+        f = find.get(code)
+        key = finding_key(f) if f else "absent"
+        idx.append(classes[code].index(key) if key in classes[code] else 0)
+    nod, mass = find.get("nodule"), find.get("mass")
+    reg = [nod.size_cm if nod else float("nan"), mass.size_cm if mass else float("nan"), study.anatomy.ctr]
+    return idx, reg
+
+
+# ------------------------------------------------------------------ data
+
+
+def _prep_chunk(args) -> dict:
+    """Write studies [start, start+n) of `seed` as files, read them back through medvlm, process them."""
+    seed, start, n, model_dir = args
+    import torch
+
+    torch.set_num_threads(1)
+    from transformers import AutoProcessor
+
+    from medvlm.ingest import discover, load_study
+    from dataclasses import replace
+
+    from medvlm.phantoms import sample_study, write_study, write_truth
+    from medvlm.prompts import load_template, render_prompt
+
+    processor = AutoProcessor.from_pretrained(model_dir)
+    template = load_template("chest_xray")
+    out: dict[str, list] = {"index": [], "pixels": [], "frontal": [], "prompt_ids": [], "token_type": []}
+    with tempfile.TemporaryDirectory(prefix="phantom-train-") as tmp:
+        # Written without RLE / JPEG 2000: both are lossless, so the decoded pixels are the same and encoding is slow.
+        specs = [sample_study(seed, i) for i in range(start, start + n)]
+        for spec in specs:
+            write_study(replace(spec, storage=replace(spec.storage, compression=None)), Path(tmp), RENDER_SIZE)
+        write_truth(Path(tmp) / "truth.csv", specs)
+        studies = {s.name: s for s in specs}
+        for ref in discover(Path(tmp), b"0" * 32, "chest_xray"):
+            study = load_study(ref, "chest_xray", max_images=2, root=Path(tmp))
+            spec = studies[Path(study.images[0].source).parts[0]]
+            prompt = render_prompt(study, template)
+            content = [{"type": "image"} for _ in study.images] + [{"type": "text", "text": prompt.text}]
+            messages = [{"role": "system", "content": [{"type": "text", "text": prompt.system}]},
+                        {"role": "user", "content": content}]
+            text = processor.apply_chat_template(messages, add_generation_prompt=True, tokenize=False)
+            enc = processor(text=[text], images=[[im.image for im in study.images]], return_tensors="np")
+            pix = enc["pixel_values"]  # (k, 3, H, W), normalised with mean 0.5 std 0.5
+            u8 = np.rint((pix[:, 0] * 0.5 + 0.5) * 255.0).clip(0, 255).astype(np.uint8)
+            out["index"].append(spec.index)
+            out["pixels"].append(u8)
+            out["frontal"].append(0)
+            out["prompt_ids"].append(enc["input_ids"][0].astype(np.int32))
+            out["token_type"].append(enc["token_type_ids"][0].astype(np.int8))
+    return out
+
+
+def prepare_data(work: Path, model_dir: Path, seed: int, start: int, n: int, tag: str, workers: int) -> dict:
+    path = work / f"data-{tag}-{seed}-{start}-{n}.npz"
+    if path.is_file():
+        return dict(np.load(path, allow_pickle=True))
+    t0 = time.perf_counter()
+    chunk = 100
+    jobs = [(seed, s, min(chunk, start + n - s), str(model_dir)) for s in range(start, start + n, chunk)]
+    merged: dict[str, list] = {}
+    with mp.get_context("spawn").Pool(workers) as pool:
+        for k, part in enumerate(pool.imap(_prep_chunk, jobs)):
+            for key, value in part.items():
+                merged.setdefault(key, []).extend(value)
+            if k % 20 == 0:
+                log(f"  {tag}: {len(merged['index'])}/{n} studies")
+    order = np.argsort(merged["index"])
+    counts = np.array([merged["pixels"][i].shape[0] for i in order])
+    data = {
+        "index": np.array(merged["index"])[order],
+        "n_images": counts,
+        "pixels": np.concatenate([merged["pixels"][i] for i in order]),
+        "prompt_ids": np.array([merged["prompt_ids"][i] for i in order], dtype=object),
+        "token_type": np.array([merged["token_type"][i] for i in order], dtype=object),
+        "seed": np.array(seed),
+    }
+    np.savez(path, **data)
+    log(f"  {tag}: {n} studies, {int(counts.sum())} images in {time.perf_counter() - t0:.0f} s")
+    return data
+
+
+# ------------------------------------------------------------------ tokenizer and model skeleton
+
+
+def tokenizer_corpus(n: int = 4000) -> list[str]:
+    from medvlm.paths import data_dir
+
+    texts = []
+    for root in (data_dir("prompts"), data_dir("findings/vocab")):
+        for path in sorted(Path(root).glob("*.yaml")):
+            texts.append(path.read_text(encoding="utf-8"))
+    rng = np.random.default_rng([SEED, 77])
+    for i in range(n):
+        texts.append(report_text(sample_study(SEED + 1, i), rng))
+    return texts
+
+
+def build_skeleton(target: Path) -> None:
+    """Tokenizer, processor and a randomly initialised model, saved as an HF folder (the training start)."""
+    import torch
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+    from transformers import Gemma3Config, Gemma3ForConditionalGeneration, Gemma3Processor, PreTrainedTokenizerFast
+    from transformers.models.gemma3.image_processing_pil_gemma3 import Gemma3ImageProcessorPil
+
+    tok = Tokenizer(models.BPE(unk_token=SPECIAL_TOKENS["unk_token"]))
+    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tok.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(vocab_size=VOCAB, special_tokens=list(SPECIAL_TOKENS.values()) + list(EXTRA_TOKENS.values()),
+                                  initial_alphabet=pre_tokenizers.ByteLevel.alphabet(), show_progress=False)
+    tok.train_from_iterator(tokenizer_corpus(), trainer=trainer)
+    tokenizer = PreTrainedTokenizerFast(tokenizer_object=tok, **SPECIAL_TOKENS, extra_special_tokens=EXTRA_TOKENS,
+                                        padding_side="left", model_max_length=8192, clean_up_tokenization_spaces=False)
+    tokenizer.chat_template = CHAT_TEMPLATE
+    ids = {k: tokenizer.convert_tokens_to_ids(v) for k, v in {**SPECIAL_TOKENS, **EXTRA_TOKENS}.items()}
+    eos = [ids["eos_token"], ids["eot_token"]]
+    config = Gemma3Config(
+        text_config={
+            "vocab_size": len(tokenizer), "hidden_size": SPEC["hidden_size"],
+            "intermediate_size": SPEC["intermediate_size"], "num_hidden_layers": SPEC["num_layers"],
+            "num_attention_heads": SPEC["num_heads"], "num_key_value_heads": SPEC["num_kv_heads"],
+            "head_dim": SPEC["head_dim"], "max_position_embeddings": 2048, "sliding_window": 1024,
+            "pad_token_id": ids["pad_token"], "bos_token_id": ids["bos_token"], "eos_token_id": eos,
+        },
+        vision_config={
+            "hidden_size": SPEC["vision_hidden"], "intermediate_size": SPEC["vision_intermediate"],
+            "num_hidden_layers": SPEC["vision_layers"], "num_attention_heads": SPEC["vision_heads"],
+            "image_size": IMAGE_SIZE, "patch_size": PATCH, "vision_use_head": False,
+        },
+        mm_tokens_per_image=MM_TOKENS, boi_token_index=ids["boi_token"], eoi_token_index=ids["eoi_token"],
+        image_token_index=ids["image_token"], pad_token_id=ids["pad_token"], bos_token_id=ids["bos_token"],
+        eos_token_id=eos,
+    )
+    torch.manual_seed(SEED)
+    model = Gemma3ForConditionalGeneration(config).eval()
+    gen = model.generation_config
+    gen.eos_token_id, gen.pad_token_id, gen.bos_token_id, gen.do_sample = eos, ids["pad_token"], ids["bos_token"], False
+    gen.max_new_tokens = 200
+    image_processor = Gemma3ImageProcessorPil(size={"height": IMAGE_SIZE, "width": IMAGE_SIZE},
+                                              image_mean=[0.5] * 3, image_std=[0.5] * 3)
+    processor = Gemma3Processor(image_processor=image_processor, tokenizer=tokenizer, chat_template=CHAT_TEMPLATE,
+                                image_seq_length=MM_TOKENS)
+    model.save_pretrained(target, safe_serialization=True)
+    processor.save_pretrained(target)
+
+
+# ------------------------------------------------------------------ stage 1: vision
+
+REG_MEAN = np.array([2.0, 5.3, 0.5], dtype=np.float32)  # nodule cm, mass cm, cardiothoracic ratio
+REG_SCALE = np.array([0.5, 1.0, 0.08], dtype=np.float32)
+
+
+class VisionClassifier:
+    def __init__(self, vision, classes):
+        import torch
+
+        self.vision = vision
+        width = vision.config.hidden_size
+        self.heads = torch.nn.ModuleDict({c: torch.nn.Linear(width, len(v)) for c, v in classes.items()})
+        self.reg = torch.nn.Linear(width, 3)
+        self.norm = torch.nn.LayerNorm(width)
+
+    def parameters(self):
+        return (list(self.vision.parameters()) + list(self.heads.parameters()) + list(self.reg.parameters())
+                + list(self.norm.parameters()))
+
+    def __call__(self, pixels):
+        h = self.vision(pixel_values=pixels).last_hidden_state.mean(1)
+        h = self.norm(h)
+        return {c: head(h) for c, head in self.heads.items()}, self.reg(h)
+
+
+def to_pixels(u8: np.ndarray):
+    import torch
+
+    x = torch.from_numpy(u8).float().div_(127.5).sub_(1.0)
+    return x.unsqueeze(1).expand(-1, 3, -1, -1)
+
+
+def augment(u8: np.ndarray, rng) -> np.ndarray:
+    """Small brightness/contrast changes and shifts (the windowing and framing vary at inference too)."""
+    out = u8.astype(np.float32)
+    for i in range(len(out)):
+        gain, bias = rng.uniform(0.9, 1.1), rng.uniform(-12, 12)
+        out[i] = (out[i] - 128) * gain + 128 + bias
+        dy, dx = rng.integers(-4, 5, size=2)
+        out[i] = np.roll(out[i], (int(dy), int(dx)), axis=(0, 1))
+    return out.clip(0, 255).astype(np.uint8)
+
+
+def evaluate_classifier(clf, pixels, labels, reg, batch=64):
+    import torch
+
+    correct = np.zeros(len(FINDING_CODES))
+    present_ok = np.zeros(len(FINDING_CODES))
+    errs = []
+    with torch.no_grad():
+        for s in range(0, len(pixels), batch):
+            logits, r = clf(to_pixels(pixels[s:s + batch]))
+            y = labels[s:s + batch]
+            for j, code in enumerate(FINDING_CODES):
+                pred = logits[code].argmax(1).numpy()
+                correct[j] += (pred == y[:, j]).sum()
+                present_ok[j] += ((pred > 0) == (y[:, j] > 0)).sum()
+            errs.append(np.abs(r.numpy() * REG_SCALE + REG_MEAN - reg[s:s + batch]))
+    err = np.nanmean(np.concatenate(errs), axis=0)
+    return correct / len(pixels), present_ok / len(pixels), err
+
+
+def stage1(model, data, val, classes, studies, val_studies, minutes: float, log_every=50):
+    import torch
+
+    vision = model.model.vision_tower
+    clf = VisionClassifier(vision, classes)
+    frontal = np.concatenate([[0], np.cumsum(data["n_images"])[:-1]])
+    pixels = data["pixels"][frontal]
+    lab = [labels_of(s, classes) for s in studies]
+    y = np.array([a for a, _ in lab])
+    reg = np.array([b for _, b in lab], dtype=np.float32)
+    vfront = np.concatenate([[0], np.cumsum(val["n_images"])[:-1]])
+    vlab = [labels_of(s, classes) for s in val_studies]
+    vy, vreg = np.array([a for a, _ in vlab]), np.array([b for _, b in vlab], dtype=np.float32)
+    vpix = val["pixels"][vfront]
+    params = clf.parameters()
+    opt = torch.optim.AdamW(params, lr=1e-3, weight_decay=0.05)
+    batch = 32
+    rng = np.random.default_rng([SEED, 1])
+    deadline = time.perf_counter() + minutes * 60
+    # Step budget estimated from the first steps, so the cosine schedule ends at the deadline.
+    step, total, t0 = 0, None, time.perf_counter()
+    vision.train()
+    while True:
+        perm = rng.permutation(len(pixels))
+        for s in range(0, len(perm) - batch + 1, batch):
+            idx = perm[s:s + batch]
+            x = to_pixels(augment(pixels[idx], rng))
+            logits, r = clf(x)
+            loss = sum(torch.nn.functional.cross_entropy(logits[c], torch.from_numpy(y[idx, j]))
+                       for j, c in enumerate(FINDING_CODES))
+            target = torch.from_numpy((reg[idx] - REG_MEAN) / REG_SCALE)
+            mask = ~torch.isnan(target)
+            loss = loss + 0.5 * ((r - torch.nan_to_num(target)) ** 2 * mask).sum() / mask.sum().clamp(min=1)
+            if total is None and step == 20:
+                per = (time.perf_counter() - t0) / 20
+                total = int(minutes * 60 / per)
+                log(f"  stage 1: {per:.2f} s/step -> {total} steps of {batch}")
+            frac = step / total if total else 0.0
+            lr = 1e-3 * min(1.0, (step + 1) / 50) * (0.5 * (1 + math.cos(math.pi * min(frac, 1.0))))
+            for g in opt.param_groups:
+                g["lr"] = lr
+            opt.zero_grad()
+            loss.backward()
+            torch.nn.utils.clip_grad_norm_(params, 1.0)
+            opt.step()
+            step += 1
+            if step % log_every == 0:
+                log(f"  stage 1 step {step}: loss {loss.item():.3f} lr {lr:.2e}")
+            if step % 400 == 0 or (total and step >= total) or time.perf_counter() > deadline:
+                vision.eval()
+                acc, pres, err = evaluate_classifier(clf, vpix, vy, vreg)
+                vision.train()
+                log("  val exact " + " ".join(f"{c[:6]}={a:.2f}" for c, a in zip(FINDING_CODES, acc))
+                    + f" | present {pres.mean():.3f} | size/ctr err {err.round(3).tolist()}")
+                if (total and step >= total) or time.perf_counter() > deadline:
+                    vision.eval()
+                    return {"steps": step, "val_exact": acc.tolist(), "val_present": pres.tolist(),
+                            "val_reg_err": err.tolist()}
+
+
+# ------------------------------------------------------------------ stage 2: text
+
+
+def vision_cache(model, data, batch=64):
+    import torch
+
+    outs = []
+    with torch.no_grad():
+        for s in range(0, len(data["pixels"]), batch):
+            outs.append(model.model.vision_tower(pixel_values=to_pixels(data["pixels"][s:s + batch])).last_hidden_state.half())
+    return torch.cat(outs)
+
+
+def stage2(model, tokenizer, data, studies, feats, minutes: float, log_every=50):
+    import torch
+    from transformers.modeling_outputs import BaseModelOutputWithPooling
+
+    eot = tokenizer.convert_tokens_to_ids("<end_of_turn>")
+    pad = tokenizer.pad_token_id
+    starts = np.concatenate([[0], np.cumsum(data["n_images"])])
+    for p in model.model.vision_tower.parameters():
+        p.requires_grad_(False)
+    params = [p for n, p in model.named_parameters() if p.requires_grad]
+    opt = torch.optim.AdamW(params, lr=2e-3, weight_decay=0.01)
+    batch = 16
+    rng = np.random.default_rng([SEED, 2])
+    model.train()
+    model.model.vision_tower.eval()
+    step, total, t0 = 0, None, time.perf_counter()
+    deadline = time.perf_counter() + minutes * 60
+    epoch = 0
+    while True:
+        perm = rng.permutation(len(studies))
+        for s in range(0, len(perm) - batch + 1, batch):
+            idx = perm[s:s + batch]
+            seqs, labels, types = [], [], []
+            for i in idx:
+                text = report_text(studies[i], np.random.default_rng([SEED, 3, int(studies[i].index), epoch]))
+                target = tokenizer(text, add_special_tokens=False)["input_ids"] + [eot]
+                prompt = list(data["prompt_ids"][i])
+                seqs.append(prompt + target)
+                labels.append([-100] * len(prompt) + target)
+                types.append(list(data["token_type"][i]) + [0] * len(target))
+            width = max(len(q) for q in seqs)
+            # left padding, as at inference
+            ids = torch.tensor([[pad] * (width - len(q)) + q for q in seqs])
+            lab = torch.tensor([[-100] * (width - len(q)) + q for q in labels])
+            tt = torch.tensor([[0] * (width - len(q)) + q for q in types])
+            att = torch.tensor([[0] * (width - len(q)) + [1] * len(q) for q in seqs])
+            img = torch.cat([feats[starts[i]:starts[i + 1]] for i in idx]).float()
+            proj = model.model.multi_modal_projector(img)
+            enc = {"image": BaseModelOutputWithPooling(pooler_output=proj)}
+            out = model(input_ids=ids, attention_mask=att, token_type_ids=tt, mm_encoder_outputs=enc, labels=lab)
+            loss = out.loss
+            if total is None and step == 20:
+                per = (time.perf_counter() - t0) / 20
+                total = int(minutes * 60 / per)
+                log(f"  stage 2: {per:.2f} s/step -> {total} steps of {batch}")
+            frac = step / total if total else 0.0
+            lr = 2e-3 * min(1.0, (step + 1) / 30) * (0.05 + 0.95 * 0.5 * (1 + math.cos(math.pi * min(frac, 1.0))))
+            for g in opt.param_groups:
+                g["lr"] = lr
+            opt.zero_grad()
+            loss.backward()
+            torch.nn.utils.clip_grad_norm_(params, 1.0)
+            opt.step()
+            step += 1
+            if step % log_every == 0:
+                log(f"  stage 2 step {step}: loss {loss.item():.3f} lr {lr:.2e}")
+            if (total and step >= total) or time.perf_counter() > deadline:
+                model.eval()
+                return {"steps": step, "last_loss": float(loss.item())}
+        epoch += 1
+
+
+# ------------------------------------------------------------------ check
+
+
+def check(model, tokenizer, data, studies, feats, n: int, batch=16) -> dict:
+    """Greedy text for the first n validation studies through generate(), graded by medvlm's extractor."""
+    import torch
+    from transformers.modeling_outputs import BaseModelOutputWithPooling
+
+    from medvlm.findings import extract
+
+    pad = tokenizer.pad_token_id
+    eos = set(model.generation_config.eos_token_id)
+    starts = np.concatenate([[0], np.cumsum(data["n_images"])])
+    tp = fp = fn = exact = 0
+    per = {c: [0, 0, 0] for c in FINDING_CODES}
+    samples = []
+    for s in range(0, n, batch):
+        idx = list(range(s, min(n, s + batch)))
+        prompts = [list(data["prompt_ids"][i]) for i in idx]
+        width = max(len(p) for p in prompts)
+        ids = torch.tensor([[pad] * (width - len(p)) + p for p in prompts])
+        att = torch.tensor([[0] * (width - len(p)) + [1] * len(p) for p in prompts])
+        tt = torch.tensor([[0] * (width - len(p)) + list(data["token_type"][i]) for p, i in zip(prompts, idx)])
+        img = torch.cat([feats[starts[i]:starts[i + 1]] for i in idx]).float()
+        with torch.no_grad():
+            proj = model.model.multi_modal_projector(img)
+            out = model.generate(input_ids=ids, attention_mask=att, token_type_ids=tt,
+                                 mm_encoder_outputs={"image": BaseModelOutputWithPooling(pooler_output=proj)},
+                                 max_new_tokens=200, do_sample=False)
+        for row, i in enumerate(idx):
+            toks = []
+            for t in out[row, width:].tolist():
+                if t in eos or t == pad:
+                    break
+                toks.append(t)
+            text = tokenizer.decode(toks, skip_special_tokens=True).strip()
+            got = {f.code for f in extract(text, "chest_xray") if f.status == "present"}
+            want = set(studies[i].codes)
+            tp += len(got & want)
+            fp += len(got - want)
+            fn += len(want - got)
+            exact += got == want
+            for c in FINDING_CODES:
+                per[c][0] += c in got and c in want
+                per[c][1] += c in got and c not in want
+                per[c][2] += c in want and c not in got
+            if len(samples) < 3:
+                samples.append({"truth": sorted(want), "text": text})
+    f1 = 2 * tp / max(2 * tp + fp + fn, 1)
+    per_f1 = {c: round(2 * a / max(2 * a + b + d, 1), 3) for c, (a, b, d) in per.items()}
+    return {"n": n, "micro_f1": round(f1, 4), "exact": exact / n, "per_finding_f1": per_f1, "samples": samples}
+
+
+# ------------------------------------------------------------------ main
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--out", type=Path, default=PROJECT / "medvlm" / "models" / "phantom")
+    parser.add_argument("--work", type=Path, default=PROJECT / ".cache" / "phantom-train")
+    parser.add_argument("--train", type=int, default=4000, help="training studies (seed 1000, indices 0..N-1)")
+    parser.add_argument("--val", type=int, default=300, help="validation studies (the indices after the training ones)")
+    parser.add_argument("--vision-minutes", type=float, default=16.0)
+    parser.add_argument("--text-minutes", type=float, default=12.0)
+    parser.add_argument("--workers", type=int, default=2)
+    args = parser.parse_args(argv)
+    import torch
+
+    torch.manual_seed(SEED)
+    started = time.perf_counter()
+    timings = {}
+    args.work.mkdir(parents=True, exist_ok=True)
+    skeleton = args.work / "skeleton"
+    if not (skeleton / "config.json").is_file():
+        build_skeleton(skeleton)
+    timings["skeleton_s"] = time.perf_counter() - started
+    log(f"skeleton ready in {timings['skeleton_s']:.0f} s")
+    from transformers import AutoTokenizer, Gemma3ForConditionalGeneration
+
+    t0 = time.perf_counter()
+    data = prepare_data(args.work, skeleton, SEED, 0, args.train, "train", args.workers)
+    val = prepare_data(args.work, skeleton, SEED, args.train, args.val, "val", args.workers)
+    timings["data_s"] = time.perf_counter() - t0
+    studies = [sample_study(SEED, int(i)) for i in data["index"]]
+    val_studies = [sample_study(SEED, int(i)) for i in val["index"]]
+    classes = class_table()
+    tokenizer = AutoTokenizer.from_pretrained(skeleton)
+    model = Gemma3ForConditionalGeneration.from_pretrained(skeleton, dtype=torch.float32)
+
+    t0 = time.perf_counter()
+    s1_path = args.work / "stage1.pt"
+    if s1_path.is_file():
+        saved = torch.load(s1_path)
+        model.model.vision_tower.load_state_dict(saved["state"])
+        s1 = saved["report"]
+    else:
+        s1 = stage1(model, data, val, classes, studies, val_studies, args.vision_minutes)
+        torch.save({"state": model.model.vision_tower.state_dict(), "report": s1}, s1_path)
+    timings["stage1_s"] = time.perf_counter() - t0
+    log(f"stage 1 done: {s1}")
+
+    t0 = time.perf_counter()
+    model.eval()
+    feats = vision_cache(model, data)
+    vfeats = vision_cache(model, val)
+    s2 = stage2(model, tokenizer, data, studies, feats, args.text_minutes)
+    timings["stage2_s"] = time.perf_counter() - t0
+    log(f"stage 2 done: {s2}")
+
+    t0 = time.perf_counter()
+    result = check(model, tokenizer, val, val_studies, vfeats, min(args.val, 200))
+    timings["check_s"] = time.perf_counter() - t0
+    log(f"validation (greedy, extractor): {json.dumps(result)}")
+
+    out = args.out
+    if out.exists():
+        shutil.rmtree(out)
+    out.mkdir(parents=True)
+    model.to(torch.float16).save_pretrained(out, safe_serialization=True)
+    from transformers import AutoProcessor
+
+    AutoProcessor.from_pretrained(skeleton).save_pretrained(out)
+    timings["total_s"] = time.perf_counter() - started
+    meta = {
+        "preset": "phantom",
+        "random_weights": False,
+        "phantom": True,
+        "notice": "phantom model — trained only on synthetic phantoms — its text says nothing about real images",
+        "training": {
+            "command": "python sample_data/train_phantom.py " + " ".join(argv if argv is not None else sys.argv[1:]),
+            "seed": SEED, "train_studies": args.train, "val_studies": args.val, "render_rows": RENDER_SIZE,
+            "image_size": IMAGE_SIZE, "vision_minutes": args.vision_minutes, "text_minutes": args.text_minutes,
+            "spec": SPEC, "stage1": s1, "stage2": s2, "validation": {k: v for k, v in result.items() if k != "samples"},
+            "seconds": {k: round(v, 1) for k, v in timings.items()}, "threads": torch.get_num_threads(),
+        },
+        "parameters": sum(p.numel() for p in model.parameters()),
+    }
+    (out / "medvlm_phantom_model.json").write_text(json.dumps(meta, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
+    log(f"saved {out} ({sum(p.stat().st_size for p in out.iterdir()) / 1e6:.1f} MB) in {timings['total_s'] / 60:.1f} min total")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
