@@ -436,7 +436,7 @@ def serve(
     dtype: str = typer.Option("auto", "--dtype"),
     device: str = typer.Option("auto", "--device"),
     batch_size: int = typer.Option(4, "--batch-size", min=1, max=256, help="Most requests batched into one generate() call."),
-    max_wait_ms: float = typer.Option(10.0, "--max-wait-ms", min=0, max=10000, help="How long a request waits for others to batch with."),
+    max_wait_ms: float = typer.Option(50.0, "--max-wait-ms", min=0, max=10000, help="How long a request waits for others to batch with."),
     api_key: Optional[str] = typer.Option(None, "--api-key", help="Clients must send 'Authorization: Bearer KEY' (default: MEDVLM_API_KEY)."),
     max_tokens: int = typer.Option(2048, "--max-tokens-limit", min=1, max=65536, help="Largest max_tokens a request may ask for."),
     max_images: int = typer.Option(8, "--max-images", min=1, max=64, help="Images per request."),

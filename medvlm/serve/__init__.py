@@ -29,7 +29,7 @@ class ServeSettings:
     backend: str = "hf"
     backend_options: dict[str, Any] = field(default_factory=dict)
     batch_size: int = 4
-    max_wait_ms: float = 10.0
+    max_wait_ms: float = 50.0
     api_key: str | None = None
     limits: Limits = field(default_factory=Limits)
 

@@ -1,8 +1,11 @@
 """Dynamic batching: concurrent requests share one generate() call.
 
 One worker thread owns the model. It takes the oldest waiting request, waits at most `max_wait_s`
-(from that request's arrival) for more with the same generation settings, up to `batch_size`, and
-runs them as one batch. A batch that fails as a whole is retried one request at a time, so one bad
+for more with the same generation settings, up to `batch_size`, and runs them as one batch. The wait
+counts from that request's arrival or from the end of the previous batch, whichever is later: clients
+whose answers have just come back need a moment to send their next request, and without that grace
+a busy server alternates between a full batch and a batch of one (the one request that arrived
+while the full batch ran). A batch that fails as a whole is retried one request at a time, so one bad
 request cannot fail its neighbours. On shutdown the running batch finishes; waiting requests fail
 with ShuttingDown (HTTP 503).
 """
@@ -57,6 +60,7 @@ class Batcher:
         self._cond = threading.Condition()
         self._closing = False
         self._busy = False
+        self._idle_since = time.monotonic()  # end of the previous batch (or the start)
         self._thread = threading.Thread(target=self._loop, name="medvlm-serve-batcher", daemon=True)
         self._thread.start()
 
@@ -97,7 +101,7 @@ class Batcher:
                 return None
             first = self._queue[0]
             key = first.request.batch_key
-            deadline = first.arrived + self.max_wait_s
+            deadline = max(first.arrived, self._idle_since) + self.max_wait_s
             while not self._closing:
                 matching = sum(1 for j in self._queue if j.request.batch_key == key)
                 remaining = deadline - time.monotonic()
@@ -127,6 +131,7 @@ class Batcher:
             finally:
                 with self._cond:
                     self._busy = False
+                    self._idle_since = time.monotonic()
 
     def _run(self, jobs: list[_Job]) -> None:
         jobs = [j for j in jobs if j.future.set_running_or_notify_cancel()]

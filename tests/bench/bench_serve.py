@@ -58,7 +58,7 @@ def main() -> None:
     for name in ("MEDVLM_API_KEY", "OPENAI_API_KEY"):
         os.environ.pop(name, None)
     with serving("--model", args.model, "--port", "0", "--batch-size", str(args.server_batch_size),
-                 "--max-wait-ms", "20", env=server_env()) as server:
+                 "--max-wait-ms", "50", env=server_env()) as server:
         health = server.url.removesuffix("/v1") + "/health"
         for concurrency in [int(c) for c in args.concurrency.split(",")]:
             before = httpx.get(health, timeout=30).json()
