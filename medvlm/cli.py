@@ -223,8 +223,11 @@ def regrade(
     rules_file: Optional[Path] = typer.Option(None, "--rules", help="Risk rules YAML (default: the modality's)."),
     vocab_file: Optional[Path] = typer.Option(None, "--vocab", help="Vocabulary YAML (default: the modality's)."),
     pdf: bool = typer.Option(True, "--pdf/--no-pdf"),
+    adopt_edits: bool = typer.Option(False, "--adopt-edits", help="Also regrade reports edited outside medvlm, recording the adoption in the ledger."),
 ) -> None:
-    """Re-extract findings and re-grade risk from the stored model text, without loading a model."""
+    """Re-extract findings and re-grade risk from the stored model text, without loading a model.
+
+    A report whose hash differs from the ledger's is not regraded (it is named) unless --adopt-edits."""
     from .regrade import regrade_run
 
     if not run_dir.is_dir():
@@ -235,23 +238,25 @@ def regrade(
     from .errors import RunBusy
 
     try:
-        result = regrade_run(run_dir, vocab_file=vocab_file, rules_file=rules_file, pdf=pdf)
+        result = regrade_run(run_dir, vocab_file=vocab_file, rules_file=rules_file, pdf=pdf, adopt_edits=adopt_edits)
     except (ValueError, RunBusy) as exc:  # invalid rules/vocabulary (file:line), or the run is busy/damaged
         fail(first_line(exc))
     for problem in result.errors:
         err.print(f"[yellow]error[/] {problem}", markup=True, soft_wrap=True)
-    out.print(f"{result.rewritten} reports regraded, {len(result.changed)} changed risk level")
+    out.print(f"{result.rewritten} reports regraded, {len(result.changed)} changed risk level"
+              + (f", {len(result.adopted)} edited reports adopted (recorded in the ledger)" if result.adopted else ""))
     raise typer.Exit(1 if result.errors else 0)
 
 
 @app.command()
 def verify(run_dir: Path = typer.Argument(..., help="Output folder of a batch.")) -> None:
     """Check the ledger chain, every report and file hash, and reports without a ledger record."""
-    from .audit.verify import NotARun, verify_run
+    from .audit.verify import verify_run
+    from .errors import UsageProblem
 
     try:
         result = verify_run(run_dir)
-    except NotARun as exc:
+    except UsageProblem as exc:  # not a run folder, or a batch is running in it
         fail(str(exc))
     for problem in result.problems:
         out.print(f"PROBLEM {problem}", soft_wrap=True, markup=False)

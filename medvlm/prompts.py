@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from functools import lru_cache
 from pathlib import Path
 
@@ -14,7 +14,40 @@ from jinja2.sandbox import SandboxedEnvironment
 
 from .errors import first_line
 from .paths import named_data_file
-from .records import MODALITIES, Prompt, Study
+from .records import MODALITIES, Prompt, Study, StudyContext
+
+
+# The most characters each text field of a study's context may bring into a prompt (and a report).
+# Headers and sidecars are not trusted: a 1 MB indication made a 400k-token prompt that tried to
+# allocate 360 GB. Longer values are cut at the limit, end with "…", and the report's notes say so.
+CONTEXT_LIMITS: dict[str, int] = {
+    "indication": 1000,
+    "study_description": 200,
+    "body_part": 64,
+    "view": 16,
+    "sex": 8,
+    "dicom_modality": 16,
+}
+
+
+def bound_context(ctx: StudyContext) -> tuple[StudyContext, list[str]]:
+    """The context with every text field cut to CONTEXT_LIMITS, and one note per field that was cut."""
+    changes: dict[str, str] = {}
+    notes: list[str] = []
+    for name, limit in CONTEXT_LIMITS.items():
+        value = getattr(ctx, name)
+        if isinstance(value, str) and len(value) > limit:
+            changes[name] = value[: limit - 1] + "…"
+            notes.append(f"{name} cut to {limit:,} of {len(value):,} characters for the prompt")
+    return (replace(ctx, **changes) if changes else ctx), notes
+
+
+def bound_study(study: Study) -> Study:
+    """The study with its context bounded (bound_context), the cuts added to its notes."""
+    ctx, notes = bound_context(study.context)
+    if not notes:
+        return study
+    return replace(study, context=ctx, notes=tuple(study.notes) + tuple(notes))
 
 
 class PromptError(ValueError):
@@ -86,8 +119,8 @@ def _tidy(text: str) -> str:
 
 
 def render_prompt(study: Study, template: PromptTemplate) -> Prompt:
-    """Render the template's user text with the study's (identifier-free) context."""
-    ctx = study.context
+    """Render the template's user text with the study's (identifier-free) context, bounded by CONTEXT_LIMITS."""
+    ctx, _ = bound_context(study.context)
     variables = {
         "age_years": ctx.age_years,
         "sex": ctx.sex,

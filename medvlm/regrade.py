@@ -8,6 +8,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from .audit.maintenance import RegradeAudit
+from .audit.session import require_run
 from .clock import utc_now
 from .errors import UsageProblem, first_line
 from .fileio import sha256_file
@@ -25,6 +26,20 @@ class RegradeResult:
     changed: list[str] = field(default_factory=list)  # study keys whose risk level changed
     rewritten: int = 0
     errors: list[str] = field(default_factory=list)  # "key: reason"
+    adopted: list[str] = field(default_factory=list)  # study keys whose edited files were adopted (--adopt-edits)
+
+
+def _edited_line(edits: dict[str, dict]) -> str:
+    """One line naming the files altered outside medvlm and why the study was not regraded."""
+    rel, change = next(iter(edits.items()))
+    if change["recorded"] is None:
+        what = f"{rel}: no ledger record (not written by a recorded medvlm attempt)"
+    elif change["found"] is None:
+        what = f"{rel}: deleted since the ledger recorded it"
+    else:
+        what = f"{rel}: edited outside medvlm (sha256 {change['found'][:12]}… differs from the ledger's {change['recorded'][:12]}…)"
+    more = f" (+{len(edits) - 1} more files)" if len(edits) > 1 else ""
+    return f"{what}{more}; not regraded (pass --adopt-edits to regrade it and record the adoption in the ledger)"
 
 
 def regrade_report(doc: dict, vocab_file: Path | None = None, rules_file: Path | None = None,
@@ -44,10 +59,19 @@ def regrade_report(doc: dict, vocab_file: Path | None = None, rules_file: Path |
 
 
 def regrade_run(
-    run_dir: Path, *, vocab_file: Path | None = None, rules_file: Path | None = None, pdf: bool = True, on_report=None
+    run_dir: Path, *, vocab_file: Path | None = None, rules_file: Path | None = None, pdf: bool = True, on_report=None,
+    adopt_edits: bool = False,
 ) -> RegradeResult:
-    """Rewrite every report.json (validated) and its HTML/PDF under run_dir; returns what changed."""
+    """Rewrite every report.json (validated) and its HTML/PDF under run_dir; returns what changed.
+
+    A study whose report or files differ from what the ledger recorded (edited outside medvlm), or
+    whose report has no ledger record, is not regraded: it is an error naming the file, and `verify`
+    keeps reporting it. adopt_edits regrades it anyway and appends an `adopt` record naming each
+    file with its recorded and found SHA-256 before the new attempt. Raises NotARun for a folder
+    that is not a run (nothing written).
+    """
     run_dir = Path(run_dir)
+    require_run(run_dir)
     result = RegradeResult()
     summary = _read_summary(run_dir)
     resources = Resources(vocab_file=vocab_file, rules_file=rules_file)
@@ -58,6 +82,13 @@ def regrade_run(
             latest = audit.latest.get(key)
             if latest is not None and latest.get("status") != "ok":
                 continue  # a later attempt failed; this report is stale and verify says so
+            edits = audit.edits(key)
+            if edits and not adopt_edits:
+                result.errors.append(_edited_line(edits))
+                continue
+            if edits:
+                audit.adopt(key, edits)
+                result.adopted.append(key)
             try:
                 doc = json.loads(report_path.read_text(encoding="utf-8"))
                 new = regrade_report(doc, resources=resources)

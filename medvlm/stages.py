@@ -12,7 +12,7 @@ from . import ingest, risk
 from .clock import utc_now
 from .config import RunConfig
 from .models.base import ModelInfo
-from .prompts import PromptError, render_prompt
+from .prompts import PromptError, bound_study, render_prompt
 from .records import Finding, ModelOutput, Prompt, RiskGrade, Study, StudyError, StudyRef, Timings
 from .report.build import build_report
 from .report.write import render_study_files, thumbnail_png
@@ -78,6 +78,7 @@ def prepare(ref: StudyRef, config: RunConfig, resources: Resources) -> StudyWork
     timings.add("decode", time.perf_counter() - t0)
     if isinstance(loaded, StudyError):
         return loaded
+    loaded = bound_study(loaded)  # an unbounded header or sidecar field must not size the prompt (noted when cut)
     modality = ingest.resolve_modality(loaded, config.modality)
     t0 = time.perf_counter()
     template = resources.for_modality(modality).template

@@ -202,3 +202,184 @@ def test_a_folder_table_is_parsed_once_per_batch(tmp_path):
     assert proc.returncode == 0, proc.stderr
     docs = reports(out)
     assert docs[names[3]]["study"]["context"]["age_years"] == 43
+
+
+# ------------------------------------------------------------------ the audit trail (items 1, 9)
+
+
+def _tamper(report: Path, text: str) -> None:
+    doc = json.loads(report.read_text(encoding="utf-8"))
+    doc["model_output"]["text"] = text
+    report.write_text(json.dumps(doc), encoding="utf-8")
+
+
+def test_regrade_refuses_a_tampered_report_and_verify_keeps_failing(tmp_path):
+    """Item 1: an edited model_output.text is not laundered by regrade; --adopt-edits records the adoption."""
+    studies = tmp_path / "studies"
+    png(studies / "a.png", 1)
+    png(studies / "b.png", 2)
+    out = tmp_path / "out"
+    assert batch(studies, out).returncode == 0
+    target = sorted(out.glob("*/report.json"))[0]
+    key = target.parent.name
+    _tamper(target, "Large right tension pneumothorax.")
+    assert medvlm("verify", str(out)).returncode == 1
+
+    proc = medvlm("regrade", str(out), "--no-pdf")
+    assert proc.returncode == 1
+    assert f"{key}/report.json: edited outside medvlm" in proc.stderr and "--adopt-edits" in proc.stderr
+    assert "1 reports regraded" in proc.stdout  # the untouched study is regraded
+    assert json.loads(target.read_text())["risk"]["level"] != "critical"  # the edit was not graded
+    check = medvlm("verify", str(out))
+    assert check.returncode == 1 and f"{key}/report.json: report edited" in check.stdout
+
+    # A second edit (an image replaced) is refused as well.
+    other = sorted(out.glob("*/report.json"))[1].parent
+    png(other / "image-1.png", 99)
+    proc = medvlm("regrade", str(out), "--no-pdf")
+    assert proc.returncode == 1 and f"{other.name}/image-1.png: edited outside medvlm" in proc.stderr
+
+    adopted = medvlm("regrade", str(out), "--no-pdf", "--adopt-edits")
+    assert adopted.returncode == 0, adopted.stderr
+    assert "2 edited reports adopted" in adopted.stdout
+    records = [json.loads(line) for line in (out / "ledger.jsonl").read_text().splitlines()]
+    adopt = [r for r in records if r["kind"] == "adopt"]
+    assert {r["study_key"] for r in adopt} == {key, other.name}
+    first = next(r for r in adopt if r["study_key"] == key)
+    assert first["files"][f"{key}/report.json"]["found"] != first["files"][f"{key}/report.json"]["recorded"]
+    assert json.loads(target.read_text())["risk"]["level"] == "critical"  # adopted: now graded as edited
+    check = medvlm("verify", str(out))
+    assert check.returncode == 0 and "2 edited reports adopted" in check.stdout
+
+
+def test_regrade_refuses_a_report_without_a_ledger_record(tmp_path):
+    """Item 1: a report.json copied in by hand (no recorded attempt) is not adopted silently."""
+    studies = tmp_path / "studies"
+    png(studies / "a.png", 1)
+    out = tmp_path / "out"
+    assert batch(studies, out).returncode == 0
+    source = next(out.glob("*/report.json"))
+    (out / "r-0000000000000000").mkdir()
+    (out / "r-0000000000000000" / "report.json").write_bytes(source.read_bytes())
+    proc = medvlm("regrade", str(out), "--no-pdf")
+    assert proc.returncode == 1 and "r-0000000000000000/report.json: no ledger record" in proc.stderr
+    assert medvlm("verify", str(out)).returncode == 1
+
+
+def test_regrade_verify_and_export_refuse_a_folder_that_is_not_a_run(tmp_path):
+    """Item 9: a studies folder given to regrade/verify/export: one line, exit 2, nothing written."""
+    studies = tmp_path / "studies"
+    png(studies / "a.png", 1)
+    before = sorted(p.name for p in studies.rglob("*"))
+    for args in (("regrade", str(studies)), ("verify", str(studies)),
+                 ("export", str(studies), "--out", str(tmp_path / "exported"))):
+        proc = medvlm(*args)
+        assert proc.returncode == 2, (args, proc.stderr)
+        lines = [ln for ln in proc.stderr.splitlines() if ln.strip()]
+        assert len(lines) == 1 and "not a medvlm run folder" in lines[0], proc.stderr
+    assert sorted(p.name for p in studies.rglob("*")) == before
+    assert not (tmp_path / "exported").exists()
+
+
+def test_verify_and_export_during_a_batch_say_a_batch_is_running(tmp_path):
+    """Item 9: while a batch holds the run (the real run lock, opened as `medvlm batch` does), verify and
+    export refuse with 'a batch is running' instead of false problems or a partial table."""
+    import subprocess
+    import sys
+
+    from test_audit_lock import HOLDER
+
+    studies = tmp_path / "studies"
+    png(studies / "a.png", 1)
+    out = tmp_path / "out"
+    assert batch(studies, out).returncode == 0
+    holder = subprocess.Popen([sys.executable, "-c", HOLDER, str(studies), str(out)], stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout.readline().strip() == "holding"
+        for args in (("verify", str(out)), ("export", str(out), "--out", str(tmp_path / "exported"))):
+            proc = medvlm(*args)
+            assert proc.returncode == 2, (args, proc.stdout, proc.stderr)
+            assert "a batch is running" in proc.stderr and f"pid {holder.pid}" in proc.stderr
+        assert not (tmp_path / "exported").exists()
+    finally:
+        holder.kill()
+        holder.wait()
+    assert medvlm("verify", str(out)).returncode == 0  # the lock died with its holder
+
+
+# ------------------------------------------------------------------ context fields (item 6)
+
+
+def _indication_studies(root: Path, indication: str) -> Path:
+    """Four studies in one batch; the first has a sidecar with the given indication."""
+    for i in range(4):
+        png(root / f"c{i}.png", i)
+    (root / "c0.json").write_text(json.dumps({"indication": indication}))
+    return root
+
+
+def test_a_huge_indication_is_cut_with_a_note_and_its_batch_mates_are_unharmed(tmp_path):
+    """Item 6: a 1 MB indication with --batch-size 4 is cut to the documented limit (noted in the report)."""
+    from medvlm.prompts import CONTEXT_LIMITS
+
+    studies = _indication_studies(tmp_path / "studies", "persistent cough " * 60_000)
+    out = tmp_path / "out"
+    proc = batch(studies, out, "--batch-size", "4")
+    assert proc.returncode == 0, proc.stderr
+    assert [r["status"] for r in read_summary(out)] == ["ok"] * 4
+    doc = reports(out)["c0.png"]
+    limit = CONTEXT_LIMITS["indication"]
+    assert len(doc["study"]["context"]["indication"]) == limit
+    assert f"indication cut to {limit:,} of {len(('persistent cough ' * 60_000).strip()):,} characters" in " | ".join(notes_of(doc))
+    assert doc["model_output"]["prompt_tokens"] < 2000
+
+
+def test_a_study_that_fails_inside_a_batched_generate_does_not_fail_its_batch_mates(tmp_path):
+    """Item 6: a prompt template that still makes one study's prompt huge (its indication repeated 3000
+    times): generate() fails for the batch, each study is retried alone, only that study is an error."""
+    studies = _indication_studies(tmp_path / "studies", "cough " * 200)
+    template = tmp_path / "huge.yaml"
+    template.write_text(
+        "id: huge-test\nmodality: chest_xray\nsystem: You describe chest radiographs.\n"
+        "user: |\n  Describe the findings.\n  {% if indication %}{{ indication * 3000 }}{% endif %}\n"
+    )
+    out = tmp_path / "out"
+    proc = batch(studies, out, "--batch-size", "4", "--prompt", str(template))
+    assert proc.returncode == 1, proc.stderr
+    rows = {r["source"]: r for r in read_summary(out)}
+    assert rows["c0.png"]["status"] == "error" and rows["c0.png"]["stage"] == "model"
+    assert "\n" not in rows["c0.png"]["reason"]
+    assert [rows[f"c{i}.png"]["status"] for i in (1, 2, 3)] == ["ok"] * 3
+
+
+# ------------------------------------------------------------------ DICOM windows (item 10)
+
+
+def test_bad_dicom_window_values_fall_back_to_the_percentile_window_naming_the_value(tmp_path):
+    """Item 10: WindowWidth 0, or a center `abc\\1`: the study is read with the documented percentile
+    window and the report's windowing names the bad value (window values are not PHI)."""
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("make_bad_files", Path(__file__).resolve().parents[1] / "sample_data" / "make_bad_files.py")
+    bad = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bad)  # type: ignore[union-attr]
+    studies = tmp_path / "studies"
+    studies.mkdir()
+    zero = bad.image_dataset("ww-zero")
+    zero.WindowCenter, zero.WindowWidth = "2048", "0"
+    zero.save_as(studies / "ww0.dcm", enforce_file_format=True)
+    text = bad.image_dataset("wc-text")
+    text.WindowCenter, text.WindowWidth = "999\\1", "400\\1"
+    text.save_as(studies / "abc.dcm", enforce_file_format=True)
+    raw = (studies / "abc.dcm").read_bytes()
+    assert raw.count(b"999\\1") == 1
+    (studies / "abc.dcm").write_bytes(raw.replace(b"999\\1", b"abc\\1"))  # what no writer would let through
+    out = tmp_path / "out"
+    proc = batch(studies, out)
+    assert proc.returncode == 0, proc.stderr
+    assert [r["status"] for r in read_summary(out)] == ["ok", "ok"]
+    windowing = {doc["images"][0]["source"]: doc["images"][0]["windowing"] for doc in reports(out).values()}
+    assert windowing["ww0.dcm"].startswith("percentile 0.5-99.5")
+    assert "WindowWidth 0 is below 1" in windowing["ww0.dcm"]
+    assert windowing["abc.dcm"].startswith("percentile 0.5-99.5")
+    assert "WC/WW abc\\1/400\\1 is not a number" in windowing["abc.dcm"]

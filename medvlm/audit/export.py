@@ -7,10 +7,11 @@ import io
 import json
 from pathlib import Path
 
-from ..errors import UsageProblem
+from ..errors import NotARun, RunBusy, UsageProblem
 from ..fileio import atomic_write_bytes
 from ..finding_ids import ids_for_codes
 from .ledger import LEDGER_NAME, latest_attempts, read_ledger
+from .session import reading_run, require_run
 
 FORMATS = ("csv", "parquet", "jsonl")
 STAGES = ("decode", "prompt", "model", "extract", "grade", "report", "render")
@@ -211,9 +212,15 @@ def export_run(run_dir: Path, out_dir: Path, fmt: str = "csv", *, include_phi: b
     """Write studies.<fmt>, findings.<fmt> and reviews.<fmt> atomically; returns table name -> (path, rows)."""
     if fmt not in FORMATS:
         raise ExportProblem(f"--format must be one of {', '.join(FORMATS)} (got {fmt!r})")
-    studies, findings = build_tables(run_dir, include_phi=include_phi)
+    try:
+        require_run(Path(run_dir))
+        with reading_run(Path(run_dir), "export"):  # a batch writing now would give a partial table
+            studies, findings = build_tables(run_dir, include_phi=include_phi)
+            reviews = reviews_table(run_dir)
+    except (NotARun, RunBusy) as exc:
+        raise ExportProblem(str(exc)) from None
     written = {}
-    for name, df in (("studies", studies), ("findings", findings), ("reviews", reviews_table(run_dir))):
+    for name, df in (("studies", studies), ("findings", findings), ("reviews", reviews)):
         path = Path(out_dir) / f"{name}.{fmt}"
         atomic_write_bytes(path, _encode(df, fmt))
         written[name] = (path, len(df))

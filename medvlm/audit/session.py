@@ -8,6 +8,7 @@ whether it completed) and release the lock. Subclasses add their own records in 
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import os
@@ -15,12 +16,13 @@ import socket
 import threading
 import uuid
 from pathlib import Path
+from typing import Iterator
 
 from filelock import FileLock, Timeout
 
 from .. import __version__
 from ..clock import utc_now
-from ..errors import RunBusy, one_line
+from ..errors import NotARun, RunBusy, one_line
 from ..fileio import atomic_write_text, sha256_file
 from .ledger import LEDGER_NAME, LedgerState, LedgerWriter, latest_attempts, read_ledger
 
@@ -186,3 +188,62 @@ def file_entries(out: Path, key: str, written: dict[str, str]) -> tuple[dict | N
         else:
             files[f"{key}/{name}"] = entry
     return report, files
+
+
+def require_run(run_dir: Path) -> Path:
+    """The folder, when it is a medvlm run (it has ledger.jsonl or summary.csv); else NotARun (nothing written)."""
+    run_dir = Path(run_dir)
+    if not run_dir.is_dir():
+        raise NotARun(f"run folder not found: {run_dir}")
+    if not (run_dir / LEDGER_NAME).is_file() and not (run_dir / "summary.csv").is_file():
+        raise NotARun(f"{run_dir} is not a medvlm run folder (no {LEDGER_NAME} or summary.csv); "
+                      "give the --out folder of a batch")
+    return run_dir
+
+
+def owner_info(run_dir: Path) -> dict:
+    """What the holder of the run lock wrote about itself (pid, host, started_at, purpose), or {}."""
+    try:
+        info = json.loads((Path(run_dir) / STATE_DIR / OWNER_NAME).read_text())
+    except (OSError, ValueError):
+        return {}
+    return info if isinstance(info, dict) else {}
+
+
+@contextlib.contextmanager
+def reading_run(run_dir: Path, command: str) -> Iterator[None]:
+    """Hold the run lock while a command only reads the run (verify, export), so what it reads is whole.
+
+    A batch or regrade holding the lock -> RunBusy "a batch is running in RUN (pid ...)": its files
+    and ledger are half written, and a check or table made now would be wrong. A review app saving
+    holds it for a moment and is waited for. Without .medvlm/ (a copied run) or on read-only media
+    the run is read without the lock: no medvlm command can be writing there.
+    """
+    state = Path(run_dir) / STATE_DIR
+    if not state.is_dir() or not os.access(state, os.W_OK):
+        yield
+        return
+    lock = FileLock(str(state / LOCK_NAME), timeout=0)
+    try:
+        lock.acquire(timeout=SHORT_HOLD_S)
+    except Timeout:
+        info = owner_info(run_dir)
+        purpose = info.get("purpose") if isinstance(info.get("purpose"), str) else "batch"
+        waited = False
+        if purpose == "review":
+            try:
+                lock.acquire(timeout=REVIEW_HOLD_WAIT_S)
+                waited = True
+            except Timeout:
+                pass
+        if not waited:
+            who = f"pid {info.get('pid')} on {info.get('host')} since {info.get('started_at')}" if info else "lock held"
+            raise RunBusy(f"a {purpose if purpose.isidentifier() else 'batch'} is running in {run_dir} ({who}); "
+                          f"run `medvlm {command}` when it has finished") from None
+    except OSError:  # the lock file cannot be created: nothing can be writing there either
+        yield
+        return
+    try:
+        yield
+    finally:
+        lock.release()

@@ -11,6 +11,7 @@ from ..errors import NotARun, first_line
 from ..fileio import sha256_file
 from .ledger import LEDGER_NAME, latest_attempts, read_ledger
 from .reviews import check_reviews
+from .session import reading_run
 
 
 @dataclass(frozen=True)
@@ -34,6 +35,7 @@ class VerifyResult:
     reports: int = 0
     files: int = 0
     reviews: int = 0
+    adopted: int = 0  # `adopt` records: reports edited outside medvlm that a regrade adopted on request
     head: str | None = None
 
     @property
@@ -45,6 +47,8 @@ class VerifyResult:
             f"ledger {self.records} records, head {self.head}; {self.studies} studies; "
             f"{self.reports} reports and {self.files} other files checked"
             + (f"; {self.reviews} review records" if self.reviews else "")
+            + (f"; {self.adopted} edited reports adopted by `regrade --adopt-edits` (ledger `adopt` records)"
+               if self.adopted else "")
         )
 
 
@@ -66,10 +70,16 @@ def _check_file(result: VerifyResult, run_dir: Path, rel: str, meta: dict, *, wh
 
 
 def verify_run(run_dir: Path, *, validate: bool = True) -> VerifyResult:
-    """Every problem found, each naming the file or ledger line; raises NotARun for a non-run folder."""
+    """Every problem found, each naming the file or ledger line; raises NotARun for a non-run folder,
+    RunBusy while a batch or regrade writes to it (its files and ledger are half written)."""
     run_dir = Path(run_dir)
     if not run_dir.is_dir():
         raise NotARun(f"run folder not found: {run_dir}")
+    with reading_run(run_dir, "verify"):
+        return _verify(run_dir, validate)
+
+
+def _verify(run_dir: Path, validate: bool) -> VerifyResult:
     result = VerifyResult(run_dir)
     reports_on_disk = {p.parent.name for p in run_dir.glob("*/report.json")}
     ledger_path = run_dir / LEDGER_NAME
@@ -88,6 +98,7 @@ def verify_run(run_dir: Path, *, validate: bool = True) -> VerifyResult:
         if record.get("kind") == "attempt" and record.get("report"):
             recorded_reports.setdefault(record["study_key"], set()).add(record["report"]["sha256"])
     result.studies = len(latest)
+    result.adopted = sum(1 for r in state.records if r.get("kind") == "adopt")
 
     for key, record in sorted(latest.items()):
         line = line_of[id(record)]

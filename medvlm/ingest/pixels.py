@@ -8,7 +8,8 @@ VOI by mode:
   xray (CR, DX, MG, RF, XA and every other grayscale modality): the VOI LUT sequence, else the first
       WindowCenter/WindowWidth pair in the header (pydicom's apply_voi_lut / apply_windowing, so
       LINEAR, LINEAR_EXACT and SIGMOID are honoured), else a percentile window 0.5-99.5 over the
-      non-padding pixels. A header window more than 3x wider than that percentile range is a
+      non-padding pixels. A header window that cannot be used (WindowWidth 0, a center `abc`, a
+      malformed VOI LUT) falls back to the percentile window; the description names the bad value. A header window more than 3x wider than that percentile range is a
       placeholder that shows no anatomy (e.g. WC/WW 32768/65536 on 12-bit data), so the
       percentile window is used instead and the description says so. Output is gray in R, G, B.
   ct: three fixed windows by body region packed into R, G and B (see ct_windows.py).
@@ -114,16 +115,61 @@ def header_voi(ds: Dataset, values: np.ndarray) -> tuple[np.ndarray, str] | None
         desc = str(item.get("LUTExplanation", "") or "").strip()
         return linear(out, lo, max(hi, lo + 1)), "VOI LUT from header" + (f" ({scrub(desc, 40)})" if desc else "")
     if "WindowCenter" in ds and "WindowWidth" in ds:
+        window = header_window(ds)
+        if isinstance(window, str):
+            raise BadWindow(window)
+        c, w, count = window
         proxy = _proxy_window_ds(ds)
-        out = apply_windowing(values.astype(np.float64), proxy, index=0)
-        wc, ww = ds["WindowCenter"], ds["WindowWidth"]
-        c = wc.value[0] if wc.VM > 1 else wc.value
-        w = ww.value[0] if ww.VM > 1 else ww.value
-        several = " (first of %d)" % wc.VM if wc.VM > 1 else ""
+        try:
+            out = apply_windowing(values.astype(np.float64), proxy, index=0)
+        except (ValueError, TypeError, IndexError) as exc:  # e.g. a width pydicom refuses for the VOI function
+            raise BadWindow(f"WC/WW {_num(c)}/{_num(w)} unusable ({scrub(str(exc), 80)})") from None
+        several = " (first of %d)" % count if count > 1 else ""
         func = str(ds.get("VOILUTFunction", "") or "").upper()
         func = f" {func}" if func and func != "LINEAR" else ""
         return (out / 65535.0).astype(np.float32), f"WC/WW {_num(c)}/{_num(w)} from header{several}{func}"
     return None
+
+
+class BadWindow(ValueError):
+    """The header's window cannot be used; str() names the value that was wrong (window values are not PHI)."""
+
+
+def _raw_text(ds: Dataset, keyword: str) -> str:
+    """An element's value as written in the file, for a message (never raises)."""
+    try:
+        raw = ds.get_item(keyword)
+        value = raw.value if raw is not None else None
+        if isinstance(value, bytes):
+            text = value.decode("ascii", "replace")
+        elif isinstance(value, (list, tuple)) or type(value).__name__ == "MultiValue":
+            text = "\\".join(str(v) for v in value)  # as DICOM writes several values
+        else:
+            text = str(value)
+    except Exception:  # noqa: BLE001 - only used to describe a bad value
+        return "?"
+    text = " ".join(text.replace("\x00", "").split())
+    return text if len(text) <= 24 else text[:23] + "…"
+
+
+def header_window(ds: Dataset) -> tuple[float, float, int] | str:
+    """(center, width, number of windows) of the first header window, or why it cannot be used.
+
+    A center or width that is not a finite number (e.g. `abc`), or a width below 1 (WindowWidth 0),
+    is refused with a message naming the value, so the caller falls back to the percentile window.
+    """
+    try:
+        wc, ww = ds["WindowCenter"], ds["WindowWidth"]
+        c = float(wc.value[0] if wc.VM > 1 else wc.value)
+        w = float(ww.value[0] if ww.VM > 1 else ww.value)
+        count = int(wc.VM)
+    except Exception:  # noqa: BLE001 - pydicom raises ValueError, TypeError or IndexError for bad DS values
+        return f"WC/WW {_raw_text(ds, 'WindowCenter')}/{_raw_text(ds, 'WindowWidth')} is not a number"
+    if not (np.isfinite(c) and np.isfinite(w)):
+        return f"WC/WW {_num(c) if np.isfinite(c) else c}/{_num(w) if np.isfinite(w) else w} is not a finite number"
+    if w < 1:
+        return f"WindowWidth {_num(w)} is below 1"
+    return c, w, count
 
 
 def _num(v) -> str:
@@ -162,7 +208,16 @@ def gray_units(items: list[GrayItem], mode: str) -> tuple[list[np.ndarray], str]
     for values, mask, ds in items:
         valid = values[~mask] if mask is not None else values.ravel()
         lo, hi = percentile_window(valid)
-        header = header_voi(ds, values)
+        try:
+            header = header_voi(ds, values)
+        except BadWindow as exc:
+            out.append(_finish(linear(values, lo, hi), mask, ds))
+            desc = f"percentile 0.5-99.5 ({lo:g}..{hi:g}); header window not used: {exc}"
+            continue
+        except Exception as exc:  # noqa: BLE001 - a malformed VOI LUT: the documented fallback, named
+            out.append(_finish(linear(values, lo, hi), mask, ds))
+            desc = f"percentile 0.5-99.5 ({lo:g}..{hi:g}); header VOI LUT not used ({type(exc).__name__}: {scrub(str(exc), 80)})"
+            continue
         if header is not None and _full_range_window(ds, lo, hi):
             unit, desc = linear(values, lo, hi), f"percentile 0.5-99.5 ({lo:g}..{hi:g}); header window spans the full range"
         elif header is not None:
@@ -180,12 +235,10 @@ def _full_range_window(ds: Dataset, lo: float, hi: float) -> bool:
     (e.g. WC/WW 32768/65536 on 12-bit data): it shows every value and no anatomy."""
     if "VOILUTSequence" in ds or "WindowWidth" not in ds:
         return False
-    wc, ww = ds["WindowCenter"], ds["WindowWidth"]
-    try:
-        width = float(ww.value[0] if ww.VM > 1 else ww.value)
-        center = float(wc.value[0] if wc.VM > 1 else wc.value)
-    except (TypeError, ValueError, IndexError):
+    window = header_window(ds)
+    if isinstance(window, str):
         return False
+    center, width, _ = window
     if hi - lo < 8:  # (nearly) uniform data: nothing to learn from its range
         return False
     covers = center - width / 2 <= lo and center + width / 2 >= hi
