@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib
 import importlib.util
 import os
 from pathlib import Path
@@ -102,3 +103,50 @@ def test_non_image_only_study_is_skipped_at_discovery(tmp_path: Path) -> None:
     sr = items["sr_only"]
     assert isinstance(sr, StudyError) and sr.status == "skipped" and "SR" in sr.reason
     os.chmod(tmp_path / "bad" / "no_permission.dcm", 0o600)
+
+
+def test_discovery_reads_regular_files_inside_the_folder_only(tmp_path: Path) -> None:
+    """Issue 16: links out of the folder are not followed (unless asked), specials are rows that are never
+    opened, a medvlm run folder is not read, and a big tree reports progress."""
+    discover_mod = importlib.import_module("medvlm.ingest.discover")  # the module (the package exports the function)
+
+    root = tmp_path / "root"
+    study_file(root / "zreal" / "1.dcm", "G", "1", 1)
+    outside = tmp_path / "outside"
+    study_file(outside / "2.dcm", "H", "1", 1)
+    os.symlink(root / "zreal", root / "inside")  # a link inside the folder is followed (once)
+    os.symlink(outside, root / "away")
+    os.mkfifo(root / "pipe.dcm")
+    (root / "runs" / "latest" / ".medvlm").mkdir(parents=True)
+    Image.new("L", (8, 8)).save(root / "runs" / "latest" / "image-1.png")
+    (root / "old").mkdir()
+    (root / "old" / "ledger.jsonl").write_text("")
+    Image.new("L", (8, 8)).save(root / "old" / "image-1.png")
+    items = list(discover(root, SECRET))
+    errors = {i.ref.source: i for i in items if isinstance(i, StudyError)}
+    refs = {i.source: i for i in items if isinstance(i, StudyRef)}
+    assert set(refs) == {"inside/1.dcm"}
+    assert errors["away"].status == "skipped" and "outside the studies folder" in errors["away"].reason
+    assert errors["pipe.dcm"].status == "skipped" and errors["pipe.dcm"].ref.files == ()  # never hashed or opened
+    assert errors["zreal"].status == "skipped"  # already scanned through the link
+    assert set(errors) == {"away", "pipe.dcm", "zreal"}
+    followed = [i for i in discover(root, SECRET, follow_links=True) if isinstance(i, StudyRef)]
+    assert {r.source for r in followed} == {"inside/1.dcm", "away/2.dcm"}
+
+    heard: list[int] = []
+    old = discover_mod.STATUS_EVERY_S
+    discover_mod.STATUS_EVERY_S = 0.0  # report at every entry, as a big tree would every few seconds
+    try:
+        list(discover(root, SECRET, on_scan=heard.append))
+    finally:
+        discover_mod.STATUS_EVERY_S = old
+    assert heard and heard == sorted(heard) and heard[-1] >= 5
+
+
+def test_non_utf8_names_get_stable_keys_and_escaped_sources(tmp_path: Path) -> None:
+    raw = os.fsencode(tmp_path) + b"/caf\xe9.png"
+    Image.new("L", (8, 8)).save(raw.decode("utf-8", "surrogateescape"))
+    first = [i for i in discover(tmp_path, SECRET)]
+    second = [i for i in discover(tmp_path, SECRET)]
+    assert [r.source for r in first] == ["caf\\xe9.png"]
+    assert first[0].key == second[0].key and first[0].source.encode("utf-8")
