@@ -296,7 +296,8 @@ def test_verify_and_export_during_a_batch_say_a_batch_is_running(tmp_path):
     holder = subprocess.Popen([sys.executable, "-c", HOLDER, str(studies), str(out)], stdout=subprocess.PIPE, text=True)
     try:
         assert holder.stdout.readline().strip() == "holding"
-        for args in (("verify", str(out)), ("export", str(out), "--out", str(tmp_path / "exported"))):
+        for args in (("verify", str(out)), ("export", str(out), "--out", str(tmp_path / "exported")),
+                     ("regrade", str(out), "--no-pdf")):
             proc = medvlm(*args)
             assert proc.returncode == 2, (args, proc.stdout, proc.stderr)
             assert "a batch is running" in proc.stderr and f"pid {holder.pid}" in proc.stderr

@@ -73,6 +73,9 @@ class LedgerSession:
         return read_ledger(self.out / LEDGER_NAME)
 
     def busy_message(self) -> str:
+        if self.purpose != "batch":  # regrade and the like have no --out to change
+            return (f"a {self._owner_purpose()} is running in {self.out} ({self._owner()}); "
+                    f"run `medvlm {self.purpose}` when it has finished")
         return (f"another medvlm {self._owner_purpose()} is writing to {self.out} ({self._owner()}); "
                 "wait for it to finish or use another --out")
 
