@@ -150,3 +150,19 @@ def test_non_utf8_names_get_stable_keys_and_escaped_sources(tmp_path: Path) -> N
     second = [i for i in discover(tmp_path, SECRET)]
     assert [r.source for r in first] == ["caf\\xe9.png"]
     assert first[0].key == second[0].key and first[0].source.encode("utf-8")
+
+
+def test_a_series_in_a_non_utf8_folder_loads(tmp_path: Path) -> None:
+    """A multi-file CT series with latin-1 folder and file names: its manifest hash and sources are written as text."""
+    folder = (os.fsencode(tmp_path) + b"/s\xe9rie").decode("utf-8", "surrogateescape")
+    for i in range(2):
+        ds = BAD.image_dataset(f"ct-{i}", modality="CT")
+        ds.StudyInstanceUID = BAD._uid("latin")
+        ds.SeriesInstanceUID = BAD._uid("latin", "1")
+        ds.InstanceNumber = i + 1
+        write(ds, Path(folder) / (os.fsencode(f"{i}") + b"\xe9.dcm").decode("utf-8", "surrogateescape"))
+    (ref,) = [r for r in discover(tmp_path, SECRET) if isinstance(r, StudyRef)]
+    assert ref.source == "s\\xe9rie"
+    study = load_study(ref, "auto", root=tmp_path)
+    assert isinstance(study, Study), getattr(study, "reason", "")
+    assert study.images[0].source == "s\\xe9rie" and len(study.images[0].sha256) == 64

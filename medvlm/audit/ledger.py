@@ -34,8 +34,12 @@ GENESIS = "0" * 64
 
 
 def canonical(obj: dict) -> bytes:
-    """The one byte form that is hashed and written (sorted keys, no whitespace, UTF-8)."""
-    return json.dumps(obj, sort_keys=True, separators=(",", ":"), ensure_ascii=False).encode("utf-8")
+    """The one byte form that is hashed and written (sorted keys, no whitespace, UTF-8).
+
+    A lone surrogate (a file name that is not UTF-8, echoed in some message) is written as its JSON
+    escape (\\udcXX), which reads back as the same string: the record still hashes the same.
+    """
+    return json.dumps(obj, sort_keys=True, separators=(",", ":"), ensure_ascii=False).encode("utf-8", "backslashreplace")
 
 
 def record_hash(record: dict) -> str:

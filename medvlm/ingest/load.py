@@ -88,7 +88,9 @@ def image_sha256(files: list[Path]) -> str:
         return sha256_file(files[0])
     folder = os.path.commonpath([str(f.parent) for f in files])
     lines = sorted((Path(os.path.relpath(f, folder)).as_posix(), sha256_file(f)) for f in files)
-    return hashlib.sha256("".join(f"{digest}  {name}\n" for name, digest in lines).encode()).hexdigest()
+    # surrogateescape: a file name that is not UTF-8 enters the manifest as its bytes, as sha256sum writes it
+    manifest = "".join(f"{digest}  {name}\n" for name, digest in lines).encode("utf-8", "surrogateescape")
+    return hashlib.sha256(manifest).hexdigest()
 
 
 # ---------------------------------------------------------------- DICOM studies

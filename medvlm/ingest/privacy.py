@@ -9,6 +9,8 @@ import re
 import secrets
 from pathlib import Path
 
+from ..paths import display_path
+
 KEY_RELPATH = Path(".medvlm") / "study_key"
 
 # DICOM keywords that identify a patient, a visit or a person; kept only with include_phi.
@@ -71,7 +73,7 @@ def path_key(secret: bytes, relpath: str, prefix: str = "r-") -> str:
 
 def scrub(text: str, limit: int = 300) -> str:
     """One line without quoted values or UIDs (warnings and errors may echo tag values)."""
-    line = " ".join(str(text).split())
+    line = display_path(" ".join(str(text).split()))  # a non-UTF-8 file name echoed by a library: escaped
     line = _QUOTED_RE.sub("'…'", line)
     line = _UID_RE.sub("<uid>", line)
     return line if len(line) <= limit else line[: limit - 1] + "…"
