@@ -110,9 +110,15 @@ def _gpu_peak() -> int | None:
 
 def run_pipeline(config: RunConfig, label: str) -> RunFigures:
     """The real pipeline (prefetch, batching, background rendering), timed."""
+    from . import ingest
     from .models import load_backend
-    from .pipeline import run_batch
+    from .pipeline import resolve_batch_size, run_batch
 
+    # `auto` is resolved as run_batch would (the model is loaded here first, sized for the chosen batch)
+    Path(config.out).mkdir(parents=True, exist_ok=True)
+    key = ingest.load_or_create_key(Path(config.out))
+    todo = sum(1 for r in ingest.discover(Path(config.studies), key, config.modality) if not hasattr(r, "stage"))
+    config = resolve_batch_size(config, None, todo)
     _gpu_peak_reset()
     with PeakRSS() as load_rss:
         t0 = time.perf_counter()

@@ -53,7 +53,7 @@ def batch(
     model: str = typer.Option(DEFAULT_MODEL, "--model", help="Preset name, local model directory or hub id."),
     out_dir: Path = typer.Option(Path("runs/latest"), "--out", "-o", help="Output folder."),
     max_new_tokens: int = typer.Option(256, "--max-new-tokens", min=1, max=8192),
-    batch_size: int = typer.Option(1, "--batch-size", min=1, max=256, help="Studies per generate() call."),
+    batch_size: str = typer.Option("auto", "--batch-size", help="Studies per generate() call: auto (from the memory estimate and device, at most the number of studies) or 1-256."),
     quant: str = typer.Option("auto", "--quant", help="none, int8, int4 or auto (int8 on CPU, nf4 on CUDA with bitsandbytes)."),
     dtype: str = typer.Option("auto", "--dtype", help="auto, float32, bfloat16 or float16."),
     device: str = typer.Option("auto", "--device", help="auto, cpu, cuda or cuda:N."),
@@ -80,7 +80,7 @@ def batch(
     follow_links: bool = typer.Option(False, "--follow-links", help="Follow symlinks that point outside STUDIES (default: not followed)."),
 ) -> None:
     """Read every study in STUDIES and write validated JSON, HTML and PDF reports plus summary.csv."""
-    from .config import RunConfig, from_env
+    from .config import RunConfig, batch_size_value, from_env
     from .errors import UsageProblem
     from .pipeline import run_batch
 
@@ -93,6 +93,10 @@ def batch(
                         ("gpus_per_worker", gpus_per_worker), ("cpus_per_worker", cpus_per_worker)) if value is not None}
     if executor != "ray" and executor_options:
         fail("--ray-address, --workers, --gpus-per-worker and --cpus-per-worker need --executor ray")
+    try:
+        batch_size = batch_size_value(batch_size)
+    except UsageProblem as exc:
+        fail(str(exc))
     backend, backend_options = "hf", {"device": device, "dtype": dtype, "quant": quant}
     endpoint_flags = {"concurrency", "connect_timeout", "read_timeout", "max_tries", "retry_budget", "image_max_side"}
     if endpoint is not None:
@@ -397,7 +401,7 @@ def bench(
     out_dir: Path = typer.Option(Path("runs/bench"), "--out", "-o", help="Output folder (bench.json, bench.png, reports)."),
     modality: str = typer.Option("chest_xray", "--modality", "-m"),
     max_new_tokens: int = typer.Option(64, "--max-new-tokens", min=1, max=8192, help="Exactly this many per study."),
-    batch_size: int = typer.Option(8, "--batch-size", min=1, max=256),
+    batch_size: str = typer.Option("auto", "--batch-size", help="auto (as medvlm batch) or 1-256."),
     quant: str = typer.Option("auto", "--quant", help="none, int8, int4 or auto."),
     dtype: str = typer.Option("auto", "--dtype"),
     device: str = typer.Option("auto", "--device"),
@@ -406,11 +410,15 @@ def bench(
 ) -> None:
     """Time every stage of a batch (tokens/s, studies/min, peak memory) and compare with a seed-style loop."""
     from .bench import run_bench
-    from .config import RunConfig
+    from .config import RunConfig, batch_size_value
     from .errors import UsageProblem
 
     if not studies.is_dir():
         fail(f"studies folder not found: {studies}")
+    try:
+        batch_size = batch_size_value(batch_size)
+    except UsageProblem as exc:
+        fail(str(exc))
     config = RunConfig(
         studies=studies, out=out_dir, modality=modality, model=model,
         backend_options={"device": device, "dtype": dtype, "quant": quant},

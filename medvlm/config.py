@@ -26,7 +26,8 @@ class RunConfig:
     executor: str = "local"
     executor_options: dict[str, Any] = field(default_factory=dict)
     max_new_tokens: int = 256
-    batch_size: int = 1
+    batch_size: int | str = "auto"  # studies per generate() call, or "auto" (resolved before the model runs)
+    batch_size_choice: dict | None = None  # how `auto` was resolved: requested, resolved, reason
     max_images: int = 2
     ignore_eos: bool = False
     include_phi: bool = False
@@ -49,8 +50,25 @@ class RunConfig:
         return self.backend_options.get(name, default)
 
 
+MAX_BATCH_SIZE = 256
+
+
+def batch_size_value(value: Any) -> int | str:
+    """`auto` or an integer in 1..256 (from the command line or MEDVLM_BATCH_SIZE); anything else is a usage error."""
+    text = str(value).strip().lower()
+    if text == "auto":
+        return "auto"
+    try:
+        size = int(text)
+    except ValueError:
+        raise UsageProblem(f"--batch-size must be auto or an integer from 1 to {MAX_BATCH_SIZE} (got {value!r})") from None
+    if not 1 <= size <= MAX_BATCH_SIZE:
+        raise UsageProblem(f"--batch-size must be auto or an integer from 1 to {MAX_BATCH_SIZE} (got {value!r})")
+    return size
+
+
 # MEDVLM_<NAME> variables: (RunConfig field or backend option, type).
-_ENV_FIELDS = {"model": str, "max_new_tokens": int, "batch_size": int}
+_ENV_FIELDS = {"model": str, "max_new_tokens": int, "batch_size": batch_size_value}
 _ENV_BACKEND_OPTIONS = {"device": str, "dtype": str, "quant": str}
 
 
@@ -61,6 +79,8 @@ def _env_value(name: str, cast):
         return None
     try:
         return cast(value)
+    except UsageProblem as exc:
+        raise UsageProblem(f"{key}: {exc}") from None
     except ValueError:
         raise UsageProblem(f"{key}={value!r} is not a valid {cast.__name__}") from None
 

@@ -72,6 +72,40 @@ def backend_identity(config: RunConfig, backend: Backend | None, executor: Execu
     return remote if remote is not None else kind.identity(config.model, options)
 
 
+def resolve_batch_size(config: RunConfig, backend: Backend | None, studies: int) -> RunConfig:
+    """`--batch-size auto` -> an integer for this model, device and number of studies to do; explicit values win.
+
+    The choice (requested, resolved, reason) goes into run.json and each report's generation settings.
+    Batch size never enters the resume fingerprint (run_components), so `auto` choosing differently on
+    another machine does not redo studies.
+    """
+    from dataclasses import replace
+
+    if config.batch_size != "auto":
+        if config.batch_size_choice and config.batch_size_choice.get("resolved") == config.batch_size:
+            return config  # resolved earlier (medvlm bench sizes the batch before it loads the model)
+        choice = {"requested": config.batch_size, "resolved": config.batch_size, "reason": "explicit"}
+        return replace(config, batch_size_choice=choice)
+    if studies == 0:
+        size, reason = 1, "auto: no studies to do"
+    elif backend is not None:  # a model loaded by the caller: sized by its device alone
+        from .models.memory import AUTO_BATCH_CEILING, choose_batch_size
+
+        ceiling = AUTO_BATCH_CEILING["cuda" if str(backend.info.device).startswith("cuda") else "cpu"]
+        size, reason = choose_batch_size(None, None, ceiling=ceiling, studies=studies)
+        reason = f"auto for the loaded model on {backend.info.device}: {reason}"
+    else:
+        kind = get_kind(config.backend)
+        chooser = getattr(kind, "auto_batch_size", None)  # optional for backend plugins
+        if chooser is None:
+            size, reason = 1, f"auto: the {config.backend} backend does not size batches"
+        else:
+            picked = chooser(config.model, config.backend_options, max_new_tokens=config.max_new_tokens,
+                             images_per_study=config.max_images, studies=studies)
+            size, reason = picked.size, picked.reason
+    return replace(config, batch_size=size, batch_size_choice={"requested": "auto", "resolved": size, "reason": reason})
+
+
 def run_batch(
     config: RunConfig,
     *,
@@ -102,6 +136,7 @@ def run_batch(
     with open_run(out, config, components) as audit:
         writer = RunWriter(out, audit, on_progress)
         refs, early = _discover(config, key, audit, result.stats, on_discover)
+        config = job.config = resolve_batch_size(config, backend, len(refs))
         writer.total = len(refs) + len(early)
         if on_total:
             on_total(writer.total)

@@ -147,6 +147,7 @@ def generation_settings(config: RunConfig) -> dict:
     return {
         "max_new_tokens": config.max_new_tokens,
         "batch_size": config.batch_size,
+        "batch_size_requested": (config.batch_size_choice or {}).get("requested", config.batch_size),
         "do_sample": False,
         "ignore_eos": config.ignore_eos,
     }

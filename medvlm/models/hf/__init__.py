@@ -32,6 +32,22 @@ class HFKind:
         model_type = model_type_of(model)
         return hf_identity(model, resolve_options(HFOptions.from_mapping(dict(options)), model_type), model_type)
 
+    def auto_batch_size(self, model: str, options: Mapping[str, Any], *, max_new_tokens: int,
+                        images_per_study: int, studies: int):
+        """`--batch-size auto`: from the memory estimate (config + safetensors headers) and the resolved device."""
+        from ..memory import auto_batch_size
+        from ..registry import model_type_of, resolve
+
+        resolved = resolve(model)
+        local_dir = resolved.local_dir
+        if resolved.random:
+            from ..demo import BENCH_SPEC, DEMO_SPEC, ensure_random_model
+
+            local_dir = ensure_random_model(DEMO_SPEC if resolved.random == "demo" else BENCH_SPEC)
+        opts = resolve_options(HFOptions.from_mapping(dict(options)), model_type_of(model))
+        return auto_batch_size(local_dir, dtype=opts.dtype, quant=opts.quant, device=opts.device,
+                               max_new_tokens=max_new_tokens, images_per_study=images_per_study, studies=studies)
+
     def load(self, request: LoadRequest) -> Backend:
         from .backend import HFBackend
 
