@@ -26,7 +26,7 @@ class FakeIngest:
         self.n, self.bad = n, bad
         self.studies: list[weakref.ref] = []
 
-    def discover(self, root, key, modality):
+    def discover(self, root, key, modality, **kw):
         for i in range(self.n):
             yield StudyRef(f"s{i:02d}", f"study{i:02d}.png", ())
 
