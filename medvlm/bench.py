@@ -300,11 +300,12 @@ def chart(runs: list[RunFigures], path: Path) -> None:
     plt.close(fig)
 
 
-def run_bench(config: RunConfig, *, baseline: bool = True) -> dict:
+def run_bench(config: RunConfig, *, baseline: bool = True, bounds: bool = True) -> dict:
     """Optimised run, then (optionally) the seed-style baseline on the same inputs; writes bench.json/.png."""
     out = Path(config.out)
     out.mkdir(parents=True, exist_ok=True)
     config = replace(config, ignore_eos=True)
+    load_start = list(os.getloadavg())
     runs = [run_pipeline(replace(config, out=out / "optimised"), "optimised")]
     if baseline:
         runs.append(run_seed_style(replace(config, out=out / "baseline")))
@@ -325,10 +326,80 @@ def run_bench(config: RunConfig, *, baseline: bool = True) -> dict:
     }
     if baseline:
         doc["targets"]["speedup_tokens_per_s"] = opt.tokens_per_s / runs[1].tokens_per_s if runs[1].tokens_per_s else None
+    if baseline:
+        # the headline: the default command including its model load vs the seed loop excluding its own
+        doc["targets"]["speedup_incl_load"] = runs[1].wall_s / (opt.wall_s + opt.load_s) if opt.wall_s else None
+    if bounds and model_dir is not None:
+        doc["bounds"] = _bounds(config, runs, model_dir)
+    doc["load_average"] = {"start": load_start, "end": list(os.getloadavg())}
     doc["table"] = table(runs)
     (out / "bench.json").write_text(json.dumps(doc, indent=2) + "\n")
     chart(runs, out / "bench.png")
     return doc
+
+
+def _report_sizes(out: Path) -> tuple[int, int, list[int]]:
+    """(prompt tokens, images, prompt tokens per study) over the run's reports."""
+    tokens = images = 0
+    per_study = []
+    for path in sorted(Path(out).glob("*/report.json")):
+        doc = json.loads(path.read_text())
+        n = int(doc["model_output"].get("prompt_tokens") or 0)
+        tokens += n
+        per_study.append(n)
+        images += len(doc.get("images") or [])
+    return tokens, images, per_study
+
+
+def _vision_params(model_dir: Path) -> int:
+    """Parameters of the vision tower and projector, from the safetensors headers."""
+    from .models.checkpoint import read_safetensors_header, safetensors_files
+    from .models.hf.int8 import PROJECTOR_PARTS, VISION_PARTS
+
+    parts = tuple(f"{name}." for name in VISION_PARTS + PROJECTOR_PARTS)
+    total = 0
+    for path in safetensors_files(model_dir):
+        for name, meta in read_safetensors_header(path)[1].items():
+            if any(p in name for p in parts):
+                n = 1
+                for d in meta["shape"]:
+                    n *= int(d)
+                total += n
+    return total
+
+
+def _bounds(config: RunConfig, runs: list[RunFigures], model_dir: Path) -> dict:
+    """The machine's matmul rates and bandwidth at this model's shapes, and each run's share of those bounds."""
+    from .bench_bounds import Shapes, measure, shares
+    from .executors.local import chunks
+    from .models.memory import model_shape, param_counts
+
+    shape, counts = model_shape(model_dir), param_counts(model_dir)
+    opt = runs[0]
+    tokens, images, per_study = _report_sizes(Path(config.out) / "optimised")
+    mean_tokens = tokens // max(len(per_study), 1) or 300
+    measured = measure(Shapes(shape.hidden, shape.intermediate, shape.vision_hidden, shape.vision_intermediate,
+                              prefill_rows=mean_tokens * opt.batch_size, decode_rows=opt.batch_size,
+                              vision_rows=shape.patches))
+    head = shape.vocab * shape.hidden  # the lm_head runs on the last prompt token only in prefill, every step in decode
+    layer_linear = counts.quantizable - (0 if counts.tied_lm_head else head)
+    vision = _vision_params(model_dir)
+    result = {"machine": measured, "runs": {}}
+    for run in runs:
+        int8 = run.quantization.startswith("int8")
+        lm_kind = "int8" if int8 else ("bf16" if run.dtype == "bfloat16" else "fp32")
+        vision_kind = "bf16" if (int8 or run.dtype == "bfloat16") else "fp32"
+        sub = Path(config.out) / ("optimised" if run is opt else "baseline")
+        tok, imgs, per = _report_sizes(sub)
+        batches = len(list(chunks(list(range(len(per))), max(1, run.batch_size))))
+        weight_bytes = (layer_linear + head) * (1 if int8 else (2 if lm_kind == "bf16" else 4))
+        result["runs"][run.label] = shares(
+            measured, lm_linear_params=layer_linear, lm_weight_bytes=weight_bytes, vision_params=vision,
+            prompt_tokens=tok, images=imgs, patches_per_image=shape.patches, prefill_s=run.stages.get("prefill", 0.0),
+            decode_steps=batches * max(config.max_new_tokens - 1, 0), decode_s=run.stages.get("decode_tokens", 0.0),
+            batch_size=len(per) / max(batches, 1), vision_kind=vision_kind, lm_kind=lm_kind,
+        )
+    return result
 
 
 def _model_dir(model: str) -> Path | None:

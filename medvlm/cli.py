@@ -437,6 +437,18 @@ def bench(
     out.print(table)
     for name, value in doc["targets"].items():
         out.print(f"{name}: {value:.3f}" if isinstance(value, float) else f"{name}: {value}")
+    if doc.get("bounds"):
+        from .bench_bounds import bound_lines
+
+        out.print("this machine at the model's shapes (same run):", markup=False, highlight=False)
+        for line in bound_lines(doc["bounds"]["machine"], None):
+            out.print(f"  {line}", markup=False, highlight=False, soft_wrap=True)
+        for label, share in doc["bounds"]["runs"].items():
+            for line in bound_lines(doc["bounds"]["machine"], share)[1 + len(doc["bounds"]["machine"]["matmul"]):]:
+                out.print(f"  {label}: {line}", markup=False, highlight=False, soft_wrap=True)
+    load = doc.get("load_average") or {}
+    if load:
+        out.print(f"load average (1/5/15 min) at start {load['start']}, at end {load['end']}", markup=False, soft_wrap=True)
     out.print(f"-> {out_dir / 'bench.json'}, {out_dir / 'bench.png'}")
 
 

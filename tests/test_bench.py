@@ -29,3 +29,14 @@ def test_bench_writes_json_chart_and_table(tmp_path, demo_model_dir):
                                         "grade", "render"}
     assert optimised["peak_rss"] > 0
     assert (out / "bench.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    # the machine's bounds at the model's shapes, measured in the same run, and each run's share of them
+    machine = doc["bounds"]["machine"]
+    assert machine["read_bandwidth_gbs"] > 0
+    rates = {row["kind"]: row["gops"] for row in machine["matmul"].values() if row["gops"]}
+    assert {"fp32", "bf16", "int8_dynamic"} <= set(rates) and all(v > 0 for v in rates.values())
+    for label in ("optimised", "seed-style baseline"):
+        share = doc["bounds"]["runs"][label]
+        assert 0 < share["prefill_share"] and 0 < share["decode_share"]
+        assert share["prefill_ops"] > 0 and share["decode_step_s"] > 0
+    assert "of the matmul bound" in result.output and "of the bound" in result.output
+    assert doc["targets"]["speedup_incl_load"] > 0 and doc["load_average"]["end"]

@@ -2,6 +2,12 @@
 
 Usage: python tests/bench/bench_speed.py [--model bench] [--modes none:float32,none:bfloat16,int8:float32]
                                          [--batches 1,4,8] [--tokens 17] [--threads N]
+       python tests/bench/bench_speed.py --headline STUDIES [--model bench] [--tokens 64]
+
+--headline: the default command as a user types it (`medvlm batch STUDIES --model bench --ignore-eos
+--max-new-tokens 64`, no speed flags, a subprocess timed from start to exit, so its model load and
+start-up are included) against the seed-style loop (fp32, one study at a time, plain HF generate on the
+same model and inputs, its load excluded), one after the other in one run, with the load average.
 
 Each mode loads the model once through medvlm's own loader (HFBackend) and times
 preprocess / prefill / decode with the same synthetic 1024x1024 study. Prints a table; asserts nothing.
@@ -31,6 +37,42 @@ def _batch(n: int):
     return out
 
 
+def headline(studies: str, model: str, tokens: int) -> None:
+    """Default command (load included) vs seed-style loop (load excluded), same inputs, one run."""
+    import os
+    import subprocess
+    import sys
+    import tempfile
+    from pathlib import Path
+
+    from medvlm.bench import run_seed_style
+    from medvlm.config import RunConfig
+
+    work = Path(tempfile.mkdtemp(prefix="medvlm-headline-"))
+    load0 = os.getloadavg()
+    cmd = [sys.executable, "-m", "medvlm", "batch", studies, "--modality", "chest_xray", "--model", model,
+           "--out", str(work / "default"), "--ignore-eos", "--max-new-tokens", str(tokens)]
+    t0 = time.perf_counter()
+    proc = subprocess.run(cmd, capture_output=True, text=True)
+    default_s = time.perf_counter() - t0
+    load1 = os.getloadavg()
+    if proc.returncode != 0:
+        print(proc.stderr[-2000:])
+        raise SystemExit(f"default command failed with exit {proc.returncode}")
+    import json
+
+    chosen = json.loads((work / "default" / "run.json").read_text())["config"]
+    seed = run_seed_style(RunConfig(studies=Path(studies), out=work / "seed", model=model, max_new_tokens=tokens,
+                                    ignore_eos=True))
+    load2 = os.getloadavg()
+    print(f"default command ({' '.join(cmd[1:])}): {default_s:.1f} s including start-up and model load; "
+          f"batch size {chosen['batch_size']} ({chosen.get('batch_size_choice', {}).get('reason', '')})")
+    print(f"seed-style loop (fp32, batch 1, plain generate): {seed.wall_s:.1f} s excluding its {seed.load_s:.1f} s load; "
+          f"{seed.studies_ok} studies, {seed.generated_tokens} tokens")
+    print(f"ratio: {seed.wall_s / default_s:.2f}x   load average before {load0}, between {load1}, after {load2}")
+    print(f"outputs under {work}")
+
+
 def main() -> None:
     import psutil
     import torch
@@ -43,7 +85,11 @@ def main() -> None:
     ap.add_argument("--batches", default="1,4,8")
     ap.add_argument("--tokens", type=int, default=17)
     ap.add_argument("--threads", type=int, default=0)
+    ap.add_argument("--headline", metavar="STUDIES", help="default command vs seed-style loop on these studies")
     args = ap.parse_args()
+    if args.headline:
+        headline(args.headline, args.model, args.tokens if args.tokens != 17 else 64)
+        return
     if args.threads:
         torch.set_num_threads(args.threads)
     print(f"torch {torch.__version__}, threads {torch.get_num_threads()}")
