@@ -36,6 +36,21 @@ def _child_peak(cmd: list[str], env: dict) -> tuple[int, float, int, str]:
     return int(code), float(wall), int(peak), proc.stderr
 
 
+def _steady_per_study(ledger: Path) -> float | None:
+    """Seconds per study between the 10th percentile and the last study record (start-up and load excluded)."""
+    from datetime import datetime
+
+    times = []
+    for line in ledger.read_text().splitlines():
+        record = json.loads(line)
+        if record.get("kind") == "attempt" and record.get("time"):
+            times.append(datetime.fromisoformat(record["time"]).timestamp())
+    if len(times) < 20:
+        return None
+    first = len(times) // 10
+    return (times[-1] - times[first]) / (len(times) - 1 - first)
+
+
 def _browser_times(index: Path) -> dict:
     from playwright.sync_api import sync_playwright
 
@@ -85,6 +100,7 @@ def run_size(work: Path, n: int, tokens: int, pdf: bool, browser: bool) -> dict:
     code, wall, peak, err = _child_peak(cmd, env)
     figures = {"studies": n, "exit": code, "wall_s": wall, "per_study_s": wall / n, "peak_rss": peak,
                "load_average_before": load_before, "load_average_after": os.getloadavg(), "stderr_tail": err[-300:]}
+    figures["steady_per_study_s"] = _steady_per_study(out / "ledger.jsonl")
     run = json.loads((out / "run.json").read_text()) if (out / "run.json").is_file() else {}
     figures["batch_size"] = (run.get("config") or {}).get("batch_size")
     t0 = time.perf_counter()
@@ -111,7 +127,7 @@ def main() -> int:
         results.append(fig)
         b = fig.get("browser") or {}
         print(f"{n:6d} studies: exit {fig['exit']}, batch {fig['batch_size']}, wall {fig['wall_s']:.1f} s "
-              f"({fig['per_study_s']:.3f} s/study), peak RSS {fig['peak_rss'] / 1024**3:.2f} GB, "
+              f"({fig['per_study_s']:.3f} s/study incl. start-up; steady {fig['steady_per_study_s'] or 0:.3f} s/study), peak RSS {fig['peak_rss'] / 1024**3:.2f} GB, "
               f"verify {fig['verify_s']:.2f} s (exit {fig['verify_exit']}), "
               f"index rows {b.get('rows')}, load {b.get('load_s', 0):.2f} s, sort ms {b.get('sort_ms')}, "
               f"filter {b.get('filter_ms', 0):.0f} ms ({b.get('filter_shown')}), "
@@ -120,8 +136,9 @@ def main() -> int:
     if len(results) >= 2:
         a, z = results[0], results[-1]
         k = z["studies"] / a["studies"]
-        print(f"x{k:.0f} studies: peak RSS x{z['peak_rss'] / a['peak_rss']:.2f}, per-study time "
-              f"x{z['per_study_s'] / a['per_study_s']:.2f}, verify time x{z['verify_s'] / a['verify_s']:.2f} "
+        steady = (z["steady_per_study_s"] or 0) / (a["steady_per_study_s"] or 1)
+        print(f"x{k:.0f} studies: peak RSS x{z['peak_rss'] / a['peak_rss']:.2f}, steady per-study time "
+              f"x{steady:.2f}, verify time x{z['verify_s'] / a['verify_s']:.2f} "
               f"(linear would be x{k:.0f}); marginal time per study (startup and load cancel out) "
               f"{(z['wall_s'] - a['wall_s']) / (z['studies'] - a['studies']):.3f} s")
     return 0
