@@ -67,6 +67,10 @@ def batch_size_value(value: Any) -> int | str:
     return size
 
 
+# Bounds shared by the command-line options and their MEDVLM_* variables.
+LIMITS = {"max_new_tokens": (1, 8192), "batch_size": (1, MAX_BATCH_SIZE), "max_images": (1, 8)}
+MODALITIES = ("chest_xray", "ct", "mri", "auto")
+
 # MEDVLM_<NAME> variables: (RunConfig field or backend option, type).
 _ENV_FIELDS = {"model": str, "max_new_tokens": int, "batch_size": batch_size_value}
 _ENV_BACKEND_OPTIONS = {"device": str, "dtype": str, "quant": str}
@@ -78,27 +82,88 @@ def _env_value(name: str, cast):
     if not value:
         return None
     try:
-        return cast(value)
+        parsed = cast(value.strip())
     except UsageProblem as exc:
-        raise UsageProblem(f"{key}: {exc}") from None
+        raise UsageProblem(f"{key}={value!r}: {exc}") from None
     except ValueError:
-        raise UsageProblem(f"{key}={value!r} is not a valid {cast.__name__}") from None
+        kind = "a whole number" if cast is int else f"a valid {cast.__name__}"
+        raise UsageProblem(f"{key}={value!r} is not {kind}") from None
+    low, high = LIMITS.get(name, (None, None))
+    if low is not None and isinstance(parsed, int) and not low <= parsed <= high:
+        raise UsageProblem(f"{key}={value!r} is out of range ({low} to {high})")
+    return parsed
 
 
 def from_env(config: RunConfig, explicit: set[str]) -> RunConfig:
-    """Fill options the user did not give on the command line from MEDVLM_<NAME> variables."""
+    """Fill options the user did not give on the command line from MEDVLM_<NAME> variables (checked here)."""
     updates: dict[str, Any] = {}
     names = {f.name for f in fields(RunConfig)}
     for name, cast in _ENV_FIELDS.items():
+        if name in explicit or name not in names:
+            continue
         value = _env_value(name, cast)
-        if value is not None and name in names and name not in explicit:
+        if value is not None:
             updates[name] = value
     options = dict(config.backend_options)
     if config.backend == "hf":
         for name, cast in _ENV_BACKEND_OPTIONS.items():
+            if name in explicit:
+                continue
             value = _env_value(name, cast)
-            if value is not None and name not in explicit:
-                options[name] = value
+            if value is not None:
+                options[name] = value.strip()
+                _check_env_option(config.backend, name, options)
     if options != config.backend_options:
         updates["backend_options"] = options
     return replace(config, **updates) if updates else config
+
+
+def _check_env_option(backend: str, name: str, options: dict) -> None:
+    """A bad MEDVLM_DEVICE/DTYPE/QUANT is named as the variable, not as the option the user never typed."""
+    from .models import get_kind
+
+    try:
+        get_kind(backend).check_options(options)
+    except UsageProblem as exc:
+        raise UsageProblem(f"MEDVLM_{name.upper()}={options[name]!r}: {exc}") from None
+
+
+def check_config(config: RunConfig) -> None:
+    """The checks every batch makes before its first write: one UsageProblem sentence, nothing created.
+
+    Backend options are checked by the backend itself (check_options/identity), resources by
+    Resources; this covers the folders, numbers and environment the run depends on.
+    """
+    from .fileio import writable_dir_problem
+    from .paths import cache_dir
+
+    if config.modality not in MODALITIES:
+        raise UsageProblem(f"--modality must be one of {', '.join(MODALITIES)} (got {config.modality!r})")
+    studies = Path(config.studies)
+    if not studies.exists():
+        raise UsageProblem(f"studies folder not found: {studies}")
+    if not studies.is_dir():
+        raise UsageProblem(f"{studies} is a file, not a folder of studies; give the folder that holds it")
+    try:
+        with os.scandir(studies) as entries:
+            empty = next(entries, None) is None
+    except OSError as exc:
+        raise UsageProblem(f"cannot read the studies folder {studies}: {exc.strerror or exc}") from None
+    if empty:
+        raise UsageProblem(f"the studies folder is empty: {studies}")
+    for name, (low, high) in LIMITS.items():
+        value = getattr(config, name)
+        if name == "batch_size" and value == "auto":
+            continue
+        if not isinstance(value, int) or not low <= value <= high:
+            raise UsageProblem(f"--{name.replace('_', '-')} must be from {low} to {high} (got {value!r})")
+    for option, path in (("--prompt", config.prompt_file), ("--vocab", config.vocab_file), ("--rules", config.rules_file)):
+        if path is not None and not Path(path).is_file():
+            raise UsageProblem(f"{option} file not found: {path}")
+    problem = writable_dir_problem(Path(config.out), "--out")
+    if problem:
+        raise UsageProblem(problem)
+    if os.environ.get("MEDVLM_CACHE_DIR"):
+        problem = writable_dir_problem(cache_dir(), "MEDVLM_CACHE_DIR")
+        if problem:
+            raise UsageProblem(problem)

@@ -91,3 +91,42 @@ def sha256_file(path: Path, chunk: int = 1 << 20) -> str:
             _HASHES.clear()
         _HASHES[key] = value
     return value
+
+
+def _nearest_existing(path: Path) -> Path:
+    for candidate in (path, *path.parents):
+        if os.path.lexists(candidate):
+            return candidate
+    return Path(path.anchor or ".")
+
+
+def writable_dir_problem(path: Path, what: str = "--out") -> str | None:
+    """Why `path` could not be (created and) written as a folder, in one sentence; None when it looks fine.
+
+    Only reads: the check every command makes before its first write. Creating the folder can
+    still fail (a kernel file system such as /proc); callers turn that OSError into a usage error too.
+    """
+    path = Path(path)
+    if os.path.lexists(path) and not path.is_dir():
+        return f"{what} {path} is a file, not a folder"
+    base = _nearest_existing(path.absolute())
+    if not base.is_dir():
+        return f"{what} {path} is inside {base}, which is a file, not a folder"
+    if not os.access(base, os.W_OK | os.X_OK):
+        return f"{what} {path} cannot be written: {base} is read-only or not writable by this user"
+    return None
+
+
+def writable_file_problem(path: Path, what: str = "--out") -> str | None:
+    """Why `path` could not be written as a file, in one sentence; None when it looks fine (reads only)."""
+    path = Path(path)
+    if path.is_dir():
+        return f"{what} {path} is a folder; give a file name"
+    if os.path.lexists(path) and not path.is_file():
+        return f"{what} {path} is not a regular file"
+    base = _nearest_existing(path.absolute().parent)
+    if not base.is_dir():
+        return f"{what} {path} is inside {base}, which is a file, not a folder"
+    if not os.access(base, os.W_OK | os.X_OK) or (path.exists() and not os.access(path, os.W_OK)):
+        return f"{what} {path} cannot be written: {base} is read-only or not writable by this user"
+    return None

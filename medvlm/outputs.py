@@ -2,12 +2,11 @@
 
 from __future__ import annotations
 
-import csv
-import io
 import json
 from pathlib import Path
 from typing import Callable, Iterable
 
+from . import csvsafe
 from .clock import utc_now
 from .config import RunConfig
 from .fileio import atomic_write_text
@@ -32,12 +31,9 @@ SUMMARY_COLUMNS = [
 
 
 def write_summary(out: Path, rows: Iterable[dict]) -> None:
-    buf = io.StringIO()
-    writer = csv.DictWriter(buf, fieldnames=SUMMARY_COLUMNS, lineterminator="\n")
-    writer.writeheader()
-    for row in sorted(rows, key=lambda r: (r["source"], r["study_key"])):
-        writer.writerow(row)
-    atomic_write_text(out / "summary.csv", buf.getvalue())
+    """summary.csv, one row per study, by the spreadsheet-safe rule of csvsafe.py."""
+    ordered = sorted(rows, key=lambda r: (r["source"], r["study_key"]))
+    atomic_write_text(out / "summary.csv", csvsafe.to_text(SUMMARY_COLUMNS, ordered))
 
 
 def write_run_record(out: Path, config: RunConfig, counts: dict[str, int], model: ModelInfo | None, started_at: str) -> None:

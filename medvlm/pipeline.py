@@ -7,6 +7,7 @@ never an abort.
 
 from __future__ import annotations
 
+import logging
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -15,7 +16,8 @@ from typing import Callable
 from . import __version__, ingest
 from .audit.run import open_run
 from .clock import utc_now
-from .config import RunConfig
+from .config import RunConfig, check_config
+from .errors import UsageProblem
 from .executors import BatchJob, Executor, get_executor
 from .models import Backend, get_kind
 from .models import resolve as resolve_model
@@ -25,6 +27,8 @@ from .report.build import SCHEMA_VERSION
 from .report.index import write_index
 from .resources import Resources
 from .stages import error_row
+
+log = logging.getLogger("medvlm.pipeline")
 
 
 @dataclass
@@ -84,8 +88,11 @@ def resolve_batch_size(config: RunConfig, backend: Backend | None, studies: int)
     if config.batch_size != "auto":
         if config.batch_size_choice and config.batch_size_choice.get("resolved") == config.batch_size:
             return config  # resolved earlier (medvlm bench sizes the batch before it loads the model)
-        choice = {"requested": config.batch_size, "resolved": config.batch_size, "reason": "explicit"}
-        return replace(config, batch_size_choice=choice)
+        size, reason = config.batch_size, "explicit"
+        if 0 < studies < size:  # never size memory (or wait) for more studies than there are to do
+            size, reason = studies, f"explicit {config.batch_size}, capped at the {studies} studies to do"
+        choice = {"requested": config.batch_size, "resolved": size, "reason": reason}
+        return replace(config, batch_size=size, batch_size_choice=choice)
     if studies == 0:
         size, reason = 1, "auto: no studies to do"
     elif backend is not None:  # a model loaded by the caller: sized by its device alone
@@ -119,6 +126,7 @@ def run_batch(
     on_discover(entries) hears every few seconds how many folder entries discovery has listed.
     """
     out = Path(config.out)
+    check_config(config)  # folders, numbers and environment: one line before anything is written
     ingest.check_studies_folder(Path(config.studies), out)  # before anything is written
     if backend is None and config.backend == "hf":
         resolve_model(config.model)  # an absent model fails in one line before anything is written
@@ -128,7 +136,10 @@ def run_batch(
     executor = get_executor(config.executor, config.executor_options)
     identity = backend_identity(config, backend, executor)
     components = run_components(config, identity, resources)
-    out.mkdir(parents=True, exist_ok=True)
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:  # the checks above passed but the file system still refuses (e.g. /proc)
+        raise UsageProblem(f"cannot create --out {out}: {exc.strerror or exc}") from None
     key = ingest.load_or_create_key(out)
     result = BatchResult(out)
     started_at = utc_now()
@@ -137,6 +148,7 @@ def run_batch(
         writer = RunWriter(out, audit, on_progress)
         refs, early = _discover(config, key, audit, result.stats, on_discover)
         config = job.config = resolve_batch_size(config, backend, len(refs))
+        _warn_other_studies(config, audit, {r.key for r in refs} | {row["study_key"] for row in early})
         writer.total = len(refs) + len(early)
         if on_total:
             on_total(writer.total)
@@ -149,6 +161,18 @@ def run_batch(
         counts = {s: result.count(s) for s in ("ok", "error", "skipped")}
         write_run_record(out, config, counts, model, started_at)  # under the lock, like every other write
     return result
+
+
+def _warn_other_studies(config: RunConfig, audit, keys: set[str]) -> None:
+    """One warning when --out already holds studies this batch does not have (another studies folder)."""
+    others = sorted(set(audit.latest) - keys)
+    if others:
+        log.warning(
+            "--out %s already holds %d stud%s that %s not in %s (an earlier batch of other studies); summary.csv and "
+            "index.html list this batch only, `medvlm export` lists every study in the folder: use a new --out "
+            "for a different studies set", config.out, len(others), "y" if len(others) == 1 else "ies",
+            "is" if len(others) == 1 else "are", config.studies,
+        )
 
 
 def _discover(config: RunConfig, key: bytes, audit, stats: dict,

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import csv
 import json
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -10,12 +9,14 @@ from pathlib import Path
 from .audit.maintenance import RegradeAudit
 from .audit.session import require_run
 from .clock import utc_now
+from .csvsafe import read_rows
 from .errors import UsageProblem, first_line
 from .fileio import sha256_file
 from .outputs import write_summary
 from .records import to_jsonable
 from .report.build import SCHEMA_VERSION, findings_json
 from .report.index import write_index
+from .report.validate import read_report
 from .report.write import read_thumbnails, render_study_files, write_study_files
 from .resources import Resources
 from .stages import assess
@@ -90,7 +91,7 @@ def regrade_run(
                 audit.adopt(key, edits)
                 result.adopted.append(key)
             try:
-                doc = json.loads(report_path.read_text(encoding="utf-8"))
+                doc = read_report(report_path)  # not JSON, or not a report: this study's one-line error
                 new = regrade_report(doc, resources=resources)
                 written = write_study_files(study_dir, render_study_files(new, read_thumbnails(study_dir, new), pdf=pdf))
                 if not pdf and (study_dir / "report.pdf").exists():
@@ -127,5 +128,4 @@ def _read_summary(run_dir: Path) -> dict[str, dict]:
     path = run_dir / "summary.csv"
     if not path.is_file():
         return {}
-    with open(path, newline="", encoding="utf-8") as fh:
-        return {row["study_key"]: row for row in csv.DictReader(fh)}
+    return {row["study_key"]: row for row in read_rows(path)}  # cells restored from the spreadsheet-safe form

@@ -67,6 +67,9 @@ class Resources:
                 rules = risk.load_rules(self.rules_file or modality, vocab)
             except (PromptError, ValueError, OSError) as exc:
                 raise UsageProblem(first_line(exc)) from None
+            if self.prompt_file and template.modality != modality:
+                raise UsageProblem(f"--prompt {self.prompt_file} is a template for {template.modality} studies, "
+                                   f"not {modality} (its `modality:` field)")
             self._cache[modality] = ModalityResources(template, vocab, rules)
         return self._cache[modality]
 

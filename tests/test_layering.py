@@ -1,13 +1,13 @@
 """The import layering the README documents: every module imports alone, and dependencies point down.
 
 Layers, lowest first (a module may import its own layer and the layers below, never above):
-  leaf      medvlm, errors, clock, paths, fileio, records, finding_ids, redact
+  leaf      medvlm, errors, clock, paths, fileio, records, finding_ids, redact, csvsafe
   domain    config, prompts, ingest, findings, risk, models, report
   audit     audit           (besides leaf: only config, report.validate and ingest.privacy helpers)
   stages    resources, stages
   run       outputs, executors
   commands  pipeline, regrade, bench, and the other command modules (evaluate/, review/, serve/ ...)
-  cli       cli, __main__
+  cli       cli, console, __main__
 Imports inside functions count too: a lazy import upward is still a dependency upward.
 """
 
@@ -22,14 +22,14 @@ PACKAGE = Path(__file__).resolve().parent.parent / "medvlm"
 
 LAYERS = [
     ("leaf", {"medvlm", "medvlm.errors", "medvlm.clock", "medvlm.paths", "medvlm.fileio", "medvlm.records",
-              "medvlm.finding_ids", "medvlm.redact"}),
+              "medvlm.finding_ids", "medvlm.redact", "medvlm.csvsafe"}),
     ("domain", {"medvlm.config", "medvlm.prompts", "medvlm.ingest", "medvlm.findings", "medvlm.risk", "medvlm.models",
                 "medvlm.report"}),
     ("audit", {"medvlm.audit"}),
     ("stages", {"medvlm.resources", "medvlm.stages"}),
     ("run", {"medvlm.outputs", "medvlm.executors"}),
     ("commands", None),  # everything not listed elsewhere
-    ("cli", {"medvlm.cli", "medvlm.__main__"}),
+    ("cli", {"medvlm.cli", "medvlm.console", "medvlm.__main__"}),
 ]
 # The audit layer reads and writes run folders; it may use these helpers, but no stage, model or report logic.
 AUDIT_MAY_IMPORT = {"medvlm.config", "medvlm.report.validate", "medvlm.ingest.privacy"}

@@ -2,14 +2,14 @@
 
 from __future__ import annotations
 
-import csv
 import io
-import json
 from pathlib import Path
 
+from ..csvsafe import frame_to_text, read_rows
 from ..errors import NotARun, RunBusy, UsageProblem
-from ..fileio import atomic_write_bytes
+from ..fileio import atomic_write_bytes, writable_dir_problem
 from ..finding_ids import ids_for_codes
+from ..report.validate import ReportInvalid, read_report
 from .ledger import LEDGER_NAME, latest_attempts, read_ledger
 from .session import reading_run, require_run
 
@@ -48,8 +48,7 @@ def _attempts(run_dir: Path) -> list[dict]:
     summary = run_dir / "summary.csv"
     if not summary.is_file():
         raise ExportProblem(f"{run_dir} is not a medvlm run folder (no {LEDGER_NAME} or summary.csv)")
-    with open(summary, newline="", encoding="utf-8") as fh:
-        return [{"study_key": r["study_key"], "status": r["status"], "_row": r} for r in csv.DictReader(fh)]
+    return [{"study_key": r["study_key"], "status": r["status"], "_row": r} for r in read_rows(summary)]
 
 
 def _deidentified_reason(row: dict) -> str | None:
@@ -169,7 +168,10 @@ def build_tables(run_dir: Path, *, include_phi: bool = False):
         doc = None
         path = run_dir / attempt["study_key"] / "report.json"
         if attempt.get("status") == "ok" and path.is_file():
-            doc = json.loads(path.read_text(encoding="utf-8"))
+            try:
+                doc = read_report(path)
+            except ReportInvalid as exc:  # edited or damaged outside medvlm: refuse to export it as data
+                raise ExportProblem(f"{exc}; run `medvlm verify {run_dir}`") from None
             findings.extend(_finding_rows(attempt["study_key"], doc))
         studies.append(_study_row(attempt, doc, include_phi))
     columns = STUDY_COLUMNS + (PHI_STUDY_COLUMNS if include_phi else [])
@@ -187,7 +189,7 @@ def build_tables(run_dir: Path, *, include_phi: bool = False):
 
 def _encode(df, fmt: str) -> bytes:
     if fmt == "csv":
-        return df.to_csv(index=False, lineterminator="\n").encode("utf-8")
+        return frame_to_text(df).encode("utf-8")  # spreadsheet-safe cells (csvsafe.py); parquet/jsonl stay raw
     if fmt == "jsonl":
         return (df.to_json(orient="records", lines=True, force_ascii=False) or "").encode("utf-8")
     buf = io.BytesIO()
@@ -212,7 +214,10 @@ def export_run(run_dir: Path, out_dir: Path, fmt: str = "csv", *, include_phi: b
     """Write studies.<fmt>, findings.<fmt> and reviews.<fmt> atomically; returns table name -> (path, rows)."""
     if fmt not in FORMATS:
         raise ExportProblem(f"--format must be one of {', '.join(FORMATS)} (got {fmt!r})")
-    try:
+    problem = writable_dir_problem(Path(out_dir), "--out")
+    if problem:
+        raise ExportProblem(problem)
+    try:  # every check and the whole read before the first write
         require_run(Path(run_dir))
         with reading_run(Path(run_dir), "export"):  # a batch writing now would give a partial table
             studies, findings = build_tables(run_dir, include_phi=include_phi)

@@ -9,7 +9,6 @@ the run's index.html links to the page.
 
 from __future__ import annotations
 
-import csv
 import json
 from dataclasses import dataclass
 from pathlib import Path
@@ -75,8 +74,9 @@ def _write(ev: dict, out: Path, run_dir: Path, truth: Path) -> dict[str, Path]:
 
 
 def _summary_rows(run_dir: Path) -> list[dict]:
-    with open(run_dir / "summary.csv", newline="", encoding="utf-8") as fh:
-        return list(csv.DictReader(fh))
+    from ..csvsafe import read_rows
+
+    return read_rows(run_dir / "summary.csv")
 
 
 def evaluate_run(run_dir: Path, truth: Path, *, out: Path | None = None, uncertain_as: str = "negative",

@@ -2,11 +2,11 @@
 
 from __future__ import annotations
 
-import csv
 import json
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from ..csvsafe import read_rows
 from ..errors import NotARun
 from ..fileio import sha256_file
 
@@ -37,8 +37,7 @@ def read_run(run_dir: Path) -> tuple[list[RunStudy], str | None]:
         raise NotARun(f"run folder not found: {run_dir}")
     if not summary.is_file():
         raise NotARun(f"{run_dir} is not a medvlm run folder (no summary.csv)")
-    with open(summary, newline="", encoding="utf-8") as fh:
-        rows = list(csv.DictReader(fh))
+    rows = read_rows(summary)  # cells restored from the spreadsheet-safe form
     studies = []
     for row in rows:
         study = RunStudy(key=row.get("study_key", ""), source=row.get("source", ""), status=row.get("status") or "error",

@@ -48,8 +48,14 @@ def _blank(chars: list[str], start: int, end: int) -> None:
 def _reasoning(text: str, chars: list[str], cues: CueSet, hidden: list) -> None:
     pos = 0
     pairs = cues.answer.reasoning
+    ahead: dict[int, re.Match | None] = {}  # each opener's next match, searched again only once passed
     while pairs:
-        found = [(m, close) for opener, close in pairs if (m := opener.search(text, pos))]
+        found = []
+        for i, (opener, close) in enumerate(pairs):
+            if i not in ahead or (ahead[i] is not None and ahead[i].start() < pos):
+                ahead[i] = opener.search(text, pos)
+            if ahead[i] is not None:
+                found.append((ahead[i], close))
         if not found:
             return
         opening, close = min(found, key=lambda f: f[0].start())

@@ -7,6 +7,7 @@ cues/<name>.yaml) and the sentence/clause structure (text.py) are inputs to them
 from __future__ import annotations
 
 import re
+from bisect import bisect_left, bisect_right
 from dataclasses import dataclass
 
 from medvlm.findings.answer import graded_view, key_value
@@ -16,6 +17,24 @@ from medvlm.findings.vocabulary import NO_FINDING, CompiledEntry, Vocabulary, co
 from medvlm.records import Evidence, Finding
 
 _STATUS_RANK = {"present": 2, "uncertain": 1, "absent": 0}
+CONTEXT_CHARS = 400  # how far around a mention its clause is read for cues and attributes
+
+
+def _union(spans: list[tuple[int, int]]) -> list[tuple[int, int]]:
+    """Sorted spans merged where they overlap (for `_inside`)."""
+    merged: list[tuple[int, int]] = []
+    for a, b in sorted(spans):
+        if merged and a < merged[-1][1]:
+            merged[-1] = (merged[-1][0], max(merged[-1][1], b))
+        else:
+            merged.append((a, b))
+    return merged
+
+
+def _inside(pos: int, merged: list[tuple[int, int]]) -> bool:
+    """Whether pos falls in one of the merged spans (bisection, not a scan)."""
+    i = bisect_right(merged, (pos, float("inf"))) - 1
+    return i >= 0 and merged[i][0] <= pos < merged[i][1]
 
 
 @dataclass
@@ -124,21 +143,28 @@ def _mentions(text: str, compiled: tuple[CompiledEntry, ...], cues: CueSet) -> l
     matches = _matches(text, compiled)
     if not matches:
         return out
+    starts = [m[1] for m in matches]  # sorted: each sentence takes its matches by bisection (linear overall)
     for s0, s1 in split_sentences(text):
-        spans = [m for m in matches if s0 <= m[1] and m[2] <= s1]
+        spans = [m for m in matches[bisect_left(starts, s0) : bisect_right(starts, s1)] if m[2] <= s1]
         if not spans:
             continue
         normal_spans = [(a, b) for ce, a, b, _ in spans if ce.entry.code == NO_FINDING]
         clauses = split_clauses(text, s0, s1, cues.clause_breaks, normal_spans)
+        clause_starts = [x for x, _ in clauses]
+        normal_union = _union(normal_spans)
         sentence_cues = [
             m
             for m in (cues.before.finditer(text, s0, s1) if cues.before is not None else ())
-            if not (m.lastgroup or "").startswith("pseudo") and not any(x <= m.start() < y for x, y in normal_spans)
+            if not (m.lastgroup or "").startswith("pseudo") and not _inside(m.start(), normal_union)
         ]
+        cue_starts = [m.start() for m in sentence_cues]
         kv = key_value(text, s0, s1, cues)
         for ce, a, b, is_negative_form in spans:
-            c0, c1 = next(((x, y) for x, y in clauses if x <= a < y), (s0, s1))
-            c1 = max(c1, b)
+            i = bisect_right(clause_starts, a) - 1
+            c0, c1 = clauses[i] if i >= 0 and a < clauses[i][1] else (s0, s1)
+            # Cues act within a few lines of their mention: bounding the context keeps one huge run-on
+            # sentence linear in its length (clauses of ordinary reports are far shorter than this).
+            c0, c1 = max(c0, a - CONTEXT_CHARS), max(min(c1, b + CONTEXT_CHARS), b)
             labelled = kv is not None and b <= kv[0] and ce.entry.code != NO_FINDING and not is_negative_form
             if ce.entry.code == NO_FINDING:
                 status, cue, change = "present", None, None
@@ -148,7 +174,8 @@ def _mentions(text: str, compiled: tuple[CompiledEntry, ...], cues: CueSet) -> l
             elif is_negative_form:
                 status, cue, change = "absent", text[a:b], None
             else:
-                before = [m for m in sentence_cues if c0 <= m.start() and m.end() <= c1 and not (a <= m.start() < b)]
+                nearby = sentence_cues[bisect_left(cue_starts, c0) : bisect_left(cue_starts, c1)]
+                before = [m for m in nearby if m.end() <= c1 and not (a <= m.start() < b)]
                 status, cue, change = _decide(cues, text, c0, c1, a, b, before)
             if labelled:  # "Pleural effusion: small, left": the attributes are in the value
                 c0, c1 = s0, s1

@@ -7,6 +7,10 @@ import re
 _ABBREVIATIONS = {"dr", "mr", "mrs", "ms", "vs", "e.g", "i.e", "approx", "fig", "st", "no", "lt", "rt", "etc", "cf"}
 _BOUNDARY = re.compile(r"[.!?](?=\s|$)|\n\s*\n|\n(?=\s*(?:[-*\u2022]|\d{1,2}[.)]|[A-Z]))")
 _LIST_MARKER = re.compile(r"\s*(?:\d{1,2}[.)]|[-*\u2022])\s+")
+_LAST_WORD = re.compile(r"([A-Za-z.]+)$")
+_DIGIT_NEXT = re.compile(r"\s*\d")
+_LIST_NUMBER = re.compile(r"\s*\d{1,2}")
+_TAIL = 32  # longer than any abbreviation; a longer word is cut to 32 letters and is no abbreviation either
 
 
 def split_sentences(text: str) -> list[tuple[int, int]]:
@@ -16,13 +20,15 @@ def split_sentences(text: str) -> list[tuple[int, int]]:
     for m in _BOUNDARY.finditer(text):
         end = m.end() if m.group(0) in ".!?" else m.start()
         if m.group(0) == ".":
-            before = text[start : m.start()]
-            word = re.search(r"([A-Za-z.]+)$", before)
-            if word and word.group(1).lower() in _ABBREVIATIONS and not before.rstrip().endswith("XXXX"):
+            # Only the last few characters before the dot are read (never a slice back to the
+            # sentence start), so a long run of abbreviations stays linear in the text's length.
+            tail = text[max(start, m.start() - _TAIL) : m.start()]
+            word = _LAST_WORD.search(tail)
+            if word and word.group(1).lower() in _ABBREVIATIONS and not tail.rstrip().endswith("XXXX"):
                 # "Dr." and friends do not end a sentence ("No." only when followed by a digit).
-                if word.group(1).lower() != "no" or re.match(r"\s*\d", text[m.end() :]):
+                if word.group(1).lower() != "no" or _DIGIT_NEXT.match(text, m.end()):
                     continue
-            if re.fullmatch(r"\s*\d{1,2}", before):  # "1." of a numbered list
+            if _LIST_NUMBER.fullmatch(text, start, m.start()):  # "1." of a numbered list
                 continue
         _add_span(text, start, end, spans)
         start = m.end()

@@ -29,3 +29,21 @@ def validate_report(doc: dict, schema: str = "report.schema.json") -> None:
         where = "/".join(str(p) for p in err.absolute_path) or "(root)"
         more = f" (+{len(errors) - 1} more)" if len(errors) > 1 else ""
         raise ReportInvalid(f"report does not match {schema} at {where}: {err.message[:200]}{more}")
+
+
+def read_report(path) -> dict:
+    """A report.json read back and validated: ReportInvalid (one line naming the file) when it is not JSON or not a report."""
+    from pathlib import Path
+
+    path = Path(path)
+    try:
+        doc = json.loads(path.read_text(encoding="utf-8"))
+    except UnicodeDecodeError:
+        raise ReportInvalid(f"{path}: not UTF-8 text") from None
+    except json.JSONDecodeError as exc:
+        raise ReportInvalid(f"{path}: not valid JSON ({exc.msg} at line {exc.lineno} column {exc.colno})") from None
+    try:
+        validate_report(doc)
+    except ReportInvalid as exc:
+        raise ReportInvalid(f"{path}: {exc}") from None
+    return doc

@@ -428,10 +428,9 @@ def write_agreement(run_dir: Path) -> tuple[dict, Path | None]:
                           "files": {AGREEMENT_NAME: {"sha256": sha256_file(path), "bytes": path.stat().st_size}}})
             summary = run_dir / "summary.csv"
             if summary.is_file():
-                import csv
+                from ..csvsafe import read_rows
 
-                with open(summary, newline="", encoding="utf-8") as fh:
-                    write_index(run_dir, list(csv.DictReader(fh)))
+                write_index(run_dir, read_rows(summary))
             return result, path
     except RunBusy:
         return agreement(run_dir), None

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from dataclasses import asdict, dataclass
 
 from ...errors import ModelUnavailable
@@ -11,6 +12,7 @@ DTYPES = ("auto", "float32", "bfloat16", "float16")
 # Architectures whose activations overflow float16 (Gemma 3 was trained in bfloat16; its residual stream
 # exceeds fp16's range and generation turns into NaN/garbage): `auto` never picks fp16 for them.
 NO_FLOAT16 = {"gemma3", "gemma3_text"}
+_DEVICE = re.compile(r"auto|cpu|cuda(?::\d+)?")
 
 
 @dataclass(frozen=True)
@@ -32,6 +34,9 @@ class HFOptions:
 
     def check(self) -> None:
         """Reject values no machine could honour (one line each)."""
+        if not _DEVICE.fullmatch(self.device):
+            hint = " (lower case)" if _DEVICE.fullmatch(self.device.lower()) else ""
+            raise ModelUnavailable(f"unknown --device {self.device!r}; expected auto, cpu, cuda or cuda:N{hint}")
         if self.quant not in QUANT_MODES:
             raise ModelUnavailable(f"unknown --quant {self.quant!r}; expected one of {', '.join(QUANT_MODES)}")
         if self.dtype not in DTYPES:
@@ -59,7 +64,23 @@ def resolve_options(options: HFOptions, model_type: str | None = None) -> Resolv
     device = pick_device(options.device)
     mode = pick_quant(options.quant, device)
     dtype = pick_dtype(options.dtype, device, mode, model_type)
+    check_combination(options, device, mode, str(dtype).replace("torch.", ""))
     return ResolvedOptions(device, str(dtype).replace("torch.", ""), mode)
+
+
+def check_combination(options: HFOptions, device: str, mode: str, dtype: str) -> None:
+    """Refuse quantization/dtype pairs this device cannot run, naming what the user actually asked for."""
+    if device.startswith("cuda"):
+        return
+    if mode == "int4":
+        raise ModelUnavailable("--quant int4 needs a CUDA GPU with bitsandbytes (nf4); on CPU use --quant int8 or --quant none.")
+    if mode == "int8" and dtype != "float32":
+        if options.quant == "auto":  # the user never asked for int8: say that it is the CPU default
+            raise ModelUnavailable(
+                f"--dtype {options.dtype} cannot be used with CPU int8, which --quant auto picks on CPU (it computes in "
+                f"float32); use --dtype float32 or auto, or add --quant none to compute in {options.dtype}."
+            )
+        raise ModelUnavailable("--quant int8 on CPU computes in float32; use --dtype float32 or auto with it.")
 
 
 def pick_device(device: str) -> str:
