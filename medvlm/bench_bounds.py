@@ -127,7 +127,7 @@ def shares(bounds: dict, *, lm_linear_params: int, lm_weight_bytes: int, vision_
     Prefill ops = 2 x LM Linear parameters x prompt tokens (padding included) + 2 x vision parameters x patches;
     attention is left out (a lower bound on the work, so the share is if anything understated).
     Decode: each step reads every LM weight once, so the step cannot beat weight bytes / read bandwidth;
-    the compute bound (2 x params x batch at the decode-shape int8 rate) is shown beside it.
+    the compute bound (2 x params x batch at the best rate measured for that precision) is shown beside it.
     """
     vision_rate = _rate(bounds, f"{vision_kind} matmul, vision tower MLP")
     lm_label = {"int8": "int8 dynamic Linear (fbgemm), prefill (LM MLP)", "fp32": "fp32 matmul, prefill (LM MLP)",
@@ -144,8 +144,11 @@ def shares(bounds: dict, *, lm_linear_params: int, lm_weight_bytes: int, vision_
     if decode_steps and decode_s:
         step = decode_s / decode_steps
         memory_bound = lm_weight_bytes / bandwidth
-        decode_label = {"int8": "int8 dynamic Linear (fbgemm), decode (LM MLP)"}.get(lm_kind, "fp32 matmul, decode (LM MLP)")
-        decode_rate = _rate(bounds, decode_label)
+        # the machine's compute limit for this precision: the best rate measured at any shape (the
+        # decode-shape kernel rate is in the table; using it here would call a slow kernel the limit)
+        kinds = {"int8": ("int8_dynamic", "int8_mm"), "bf16": ("bf16",), "fp32": ("fp32",)}[lm_kind]
+        measured = [row["gops"] * 1e9 for row in bounds["matmul"].values() if row.get("gops") and row["kind"] in kinds]
+        decode_rate = max(measured) if measured else None
         compute_bound = 2 * lm_linear_params * batch_size / decode_rate if decode_rate else 0.0
         out.update(decode_step_s=step, decode_memory_bound_s=memory_bound, decode_compute_bound_s=compute_bound,
                    decode_share=max(memory_bound, compute_bound) / step,

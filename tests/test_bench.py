@@ -40,3 +40,26 @@ def test_bench_writes_json_chart_and_table(tmp_path, demo_model_dir):
         assert share["prefill_ops"] > 0 and share["decode_step_s"] > 0
     assert "of the matmul bound" in result.output and "of the bound" in result.output
     assert doc["targets"]["speedup_incl_load"] > 0 and doc["load_average"]["end"]
+
+
+def test_bound_shares_arithmetic():
+    """Prefill bound = vision ops / bf16 rate + LM ops / int8 rate; decode bound = max(weights / bandwidth, compute)."""
+    from medvlm.bench_bounds import bound_lines, shares
+
+    g = 1e9
+    machine = {"read_bandwidth_gbs": 10.0, "matmul": {
+        "bf16 matmul, vision tower MLP": {"kind": "bf16", "shape": [1, 1, 1], "gops": 100.0},
+        "int8 dynamic Linear (fbgemm), prefill (LM MLP)": {"kind": "int8_dynamic", "shape": [1, 1, 1], "gops": 50.0},
+        "int8 dynamic Linear (fbgemm), decode (LM MLP)": {"kind": "int8_dynamic", "shape": [1, 1, 1], "gops": 5.0},
+    }}
+    s = shares(machine, lm_linear_params=int(0.5 * g), lm_weight_bytes=int(0.5 * g), vision_params=int(0.1 * g),
+               prompt_tokens=1000, images=4, patches_per_image=1000, prefill_s=100.0, decode_steps=10, decode_s=4.0,
+               batch_size=8, vision_kind="bf16", lm_kind="int8")
+    # vision: 2 * 0.1e9 * 1000 * 4 = 800 GOP at 100 GOP/s = 8 s; LM: 2 * 0.5e9 * 1000 = 1000 GOP at 50 = 20 s
+    assert abs(s["prefill_bound_s"] - 28.0) < 1e-9 and abs(s["prefill_share"] - 0.28) < 1e-9
+    # decode step 0.4 s; memory bound 0.5 GB / 10 GB/s = 0.05 s; compute at the best int8 rate (50 GOP/s, not
+    # the slow decode-shape kernel's 5): 2 * 0.5e9 * 8 / 50e9 = 0.16 s -> compute-bound, share 0.16 / 0.4
+    assert abs(s["decode_memory_bound_s"] - 0.05) < 1e-9 and abs(s["decode_compute_bound_s"] - 0.16) < 1e-9
+    assert abs(s["decode_share"] - 0.4) < 1e-9
+    text = "\n".join(bound_lines(machine, s))
+    assert "28% of the matmul bound" in text and "40% of the bound" in text
