@@ -74,9 +74,10 @@ def regrade_run(
     run_dir = Path(run_dir)
     require_run(run_dir)
     result = RegradeResult()
-    summary = _read_summary(run_dir)
+    order = list(_read_summary(run_dir))  # the rows' order only: their values come from the ledger
     resources = Resources(vocab_file=vocab_file, rules_file=rules_file)
     with RegradeAudit(run_dir) as audit:
+        summary = _ledger_rows(audit.latest, order)
         for report_path in sorted(run_dir.glob("*/report.json")):
             study_dir = report_path.parent
             key = study_dir.name
@@ -122,6 +123,16 @@ def regrade_run(
             write_summary(run_dir, summary.values())
             write_index(run_dir, list(summary.values()))
     return result
+
+
+def _ledger_rows(latest: dict[str, dict], order: list[str]) -> dict[str, dict]:
+    """summary.csv rows as the ledger recorded them (an edit to summary.csv is not carried into the
+    rewritten file and its run_end hash), in summary.csv's order, then any study it lacks."""
+    rows = {key: dict(latest[key]["row"]) for key in order if (latest.get(key) or {}).get("row")}
+    for key, record in latest.items():
+        if key not in rows and record.get("row"):
+            rows[key] = dict(record["row"])
+    return rows
 
 
 def _read_summary(run_dir: Path) -> dict[str, dict]:

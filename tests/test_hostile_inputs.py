@@ -384,3 +384,17 @@ def test_bad_dicom_window_values_fall_back_to_the_percentile_window_naming_the_v
     assert "WindowWidth 0 is below 1" in windowing["ww0.dcm"]
     assert windowing["abc.dcm"].startswith("percentile 0.5-99.5")
     assert "WC/WW abc\\1/400\\1 is not a number" in windowing["abc.dcm"]
+
+
+def test_regrade_rebuilds_summary_rows_from_the_ledger_not_from_an_edited_summary(tmp_path):
+    """Item 1: an edit to summary.csv is not carried into the regraded summary (and its run_end hash)."""
+    studies = tmp_path / "studies"
+    png(studies / "a.png", 1)
+    out = tmp_path / "out"
+    assert batch(studies, out).returncode == 0
+    summary = out / "summary.csv"
+    summary.write_text(summary.read_text(encoding="utf-8").replace("a.png", "someone-else.png"), encoding="utf-8")
+    assert medvlm("verify", str(out)).returncode == 1
+    assert medvlm("regrade", str(out), "--no-pdf").returncode == 0
+    assert [r["source"] for r in read_summary(out)] == ["a.png"]
+    assert medvlm("verify", str(out)).returncode == 0
