@@ -114,6 +114,8 @@ def slow_finish(monkeypatch):
 def _config(tmp_path: Path, batch_size: int = 2) -> RunConfig:
     studies = tmp_path / "studies"
     studies.mkdir(exist_ok=True)
+    # run_batch refuses an empty studies folder before anything is written; the fake ingest supplies the studies
+    (studies / "README.txt").write_text("studies come from FakeIngest\n")
     return RunConfig(studies=studies, out=tmp_path / "out", model="demo", batch_size=batch_size, max_new_tokens=3,
                      write_pdf=False)
 
