@@ -62,3 +62,54 @@ def test_a_lone_request_is_not_held_longer_than_the_wait():
         batcher.close()
     assert backend.sizes == [1]
     assert waited < 0.2 + 0.5  # at most the wait, plus scheduling slack on a loaded machine
+
+
+def test_a_batch_waits_for_requests_still_being_read_beyond_the_short_wait():
+    """Eight clients send at once; decoding their images takes longer than max_wait. The batch must
+    not leave with the first one alone while the others are still being read."""
+    backend = SlowBackend(0.0)
+    batcher = Batcher(backend, batch_size=4, max_wait_s=0.05, max_arrival_s=5.0)
+    futures = []
+
+    def slow_client(i: int):
+        with batcher.arriving():
+            time.sleep(0.4)  # reading and decoding the request
+            futures.append(batcher.submit(_request(i)))
+
+    try:
+        time.sleep(0.1)
+        threads = [threading.Thread(target=slow_client, args=(i,)) for i in (1, 2, 3)]
+        for t in threads:
+            t.start()
+        futures.append(batcher.submit(_request(0)))  # read quickly
+        for t in threads:
+            t.join(5)
+        for future in list(futures):
+            future.result(timeout=10)
+    finally:
+        batcher.close()
+    assert backend.sizes == [4]
+
+
+def test_a_request_that_never_finishes_arriving_holds_a_batch_at_most_max_arrival():
+    backend = SlowBackend(0.0)
+    batcher = Batcher(backend, batch_size=4, max_wait_s=0.05, max_arrival_s=0.5)
+    release = threading.Event()
+
+    def stuck_client():
+        with batcher.arriving():
+            release.wait(10)
+
+    stuck = threading.Thread(target=stuck_client)
+    try:
+        time.sleep(0.1)
+        stuck.start()
+        started = time.monotonic()
+        batcher.submit(_request(0)).result(timeout=10)
+        waited = time.monotonic() - started
+    finally:
+        release.set()
+        stuck.join(5)
+        batcher.close()
+    assert backend.sizes == [1]
+    assert 0.3 < waited < 0.5 + 1.0

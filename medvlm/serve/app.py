@@ -130,11 +130,14 @@ def create_app(state: ServeState) -> FastAPI:
         authorize(request)
         if state.draining:
             raise ApiError(503, "the server is shutting down", kind="server_error")
-        body = await read_json(request, state.limits.max_body_bytes)
-        chat = parse_chat_request(body, state.model_name, state.limits)
-        started = time.perf_counter()
+        with state.batcher.arriving():  # a batch being formed waits for requests still being read
+            body = await read_json(request, state.limits.max_body_bytes)
+            # decoding images off the event loop, so requests sent together are read side by side
+            chat = await asyncio.to_thread(parse_chat_request, body, state.model_name, state.limits)
+            started = time.perf_counter()
+            future = state.batcher.submit(chat)
         try:
-            output = await asyncio.wrap_future(state.batcher.submit(chat))
+            output = await asyncio.wrap_future(future)
         except ShuttingDown:
             raise ApiError(503, "the server is shutting down", kind="server_error") from None
         except ApiError:

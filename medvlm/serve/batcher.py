@@ -5,7 +5,9 @@ for more with the same generation settings, up to `batch_size`, and runs them as
 counts from that request's arrival or from the end of the previous batch, whichever is later: clients
 whose answers have just come back need a moment to send their next request, and without that grace
 a busy server alternates between a full batch and a batch of one (the one request that arrived
-while the full batch ran). A batch that fails as a whole is retried one request at a time, so one bad
+while the full batch ran). Requests the server is still reading or decoding (`arriving()`) are
+waited for too, up to `max_arrival_s`: eight clients that send at once must not be cut into a batch
+of one and a batch of seven because decoding their images took longer than `max_wait_s`. A batch that fails as a whole is retried one request at a time, so one bad
 request cannot fail its neighbours. On shutdown the running batch finishes; waiting requests fail
 with ShuttingDown (HTTP 503).
 """
@@ -15,6 +17,7 @@ from __future__ import annotations
 import threading
 import time
 from collections import deque
+from contextlib import contextmanager
 from concurrent.futures import Future
 from dataclasses import dataclass, field
 
@@ -51,10 +54,12 @@ class BatchStats:
 class Batcher:
     """Queues requests and runs them in batches on one worker thread."""
 
-    def __init__(self, backend: Backend, *, batch_size: int, max_wait_s: float):
+    def __init__(self, backend: Backend, *, batch_size: int, max_wait_s: float, max_arrival_s: float = 2.0):
         self.backend = backend
         self.batch_size = max(1, batch_size)
         self.max_wait_s = max(0.0, max_wait_s)
+        self.max_arrival_s = max(self.max_wait_s, max_arrival_s)
+        self._arriving = 0  # requests being read or decoded, not yet submitted
         self.stats = BatchStats()
         self._queue: deque[_Job] = deque()
         self._cond = threading.Condition()
@@ -67,6 +72,18 @@ class Batcher:
     @property
     def closing(self) -> bool:
         return self._closing
+
+    @contextmanager
+    def arriving(self):
+        """Around reading and decoding one request: a batch being formed waits for it (up to max_arrival_s)."""
+        with self._cond:
+            self._arriving += 1
+        try:
+            yield
+        finally:
+            with self._cond:
+                self._arriving -= 1
+                self._cond.notify_all()
 
     def submit(self, request: ChatRequest) -> Future:
         """A future for the request's ModelOutput (ShuttingDown when the server stops first)."""
@@ -101,13 +118,14 @@ class Batcher:
                 return None
             first = self._queue[0]
             key = first.request.batch_key
-            deadline = max(first.arrived, self._idle_since) + self.max_wait_s
+            start = max(first.arrived, self._idle_since)
+            deadline, hard = start + self.max_wait_s, start + self.max_arrival_s
             while not self._closing:
                 matching = sum(1 for j in self._queue if j.request.batch_key == key)
-                remaining = deadline - time.monotonic()
-                if matching >= self.batch_size or remaining <= 0:
+                now = time.monotonic()
+                if matching >= self.batch_size or now >= hard or (now >= deadline and not self._arriving):
                     break
-                self._cond.wait(remaining)
+                self._cond.wait((deadline if now < deadline else hard) - now)
             if self._closing:
                 return None
             batch: list[_Job] = []
