@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import csv
 import io
+import sys
 from pathlib import Path
 from typing import Any, Iterable, Mapping, Sequence
 
@@ -76,8 +77,14 @@ def frame_to_text(df) -> str:
     return to_text(columns, (dict(zip(columns, values)) for values in df.itertuples(index=False, name=None)))
 
 
+def allow_large_fields() -> None:
+    """Let the csv module read cells of any size (one report's text can exceed its 128 KiB default)."""
+    csv.field_size_limit(max(csv.field_size_limit(), min(sys.maxsize, 1 << 31)))
+
+
 def read_rows(path: str | Path) -> list[dict[str, str]]:
     """The rows of a CSV medvlm wrote, as dicts of str with every cell restored to its original text."""
+    allow_large_fields()
     with open(path, newline="", encoding="utf-8") as fh:
         return [{k: restore(v) for k, v in row.items()} for row in csv.DictReader(fh)]
 

@@ -13,7 +13,7 @@ from .csvsafe import read_rows
 from .errors import UsageProblem, first_line
 from .fileio import sha256_file
 from .outputs import write_summary
-from .records import to_jsonable
+from .records import MODALITIES, to_jsonable
 from .report.build import SCHEMA_VERSION, findings_json
 from .report.index import write_index
 from .report.validate import read_report
@@ -74,8 +74,11 @@ def regrade_run(
     run_dir = Path(run_dir)
     require_run(run_dir)
     result = RegradeResult()
-    order = list(_read_summary(run_dir))  # the rows' order only: their values come from the ledger
+    listed = _read_summary(run_dir)
+    order = list(listed)  # the rows' order only: their values come from the ledger
     resources = Resources(vocab_file=vocab_file, rules_file=rules_file)
+    for modality in sorted({row.get("modality") for row in listed.values()} & set(MODALITIES)):
+        resources.for_modality(modality)  # a bad --rules/--vocab file stops here, before the ledger is touched
     with RegradeAudit(run_dir) as audit:
         summary = _ledger_rows(audit.latest, order)
         for report_path in sorted(run_dir.glob("*/report.json")):

@@ -5,7 +5,6 @@ from __future__ import annotations
 import codecs
 import csv
 import os
-import sys
 from pathlib import Path
 from typing import Iterator
 
@@ -51,8 +50,7 @@ def check_extract_args(input_csv: Path, out_csv: Path, modality: str, encoding: 
 
 def _records(input_csv: Path, encoding: str) -> Iterator[tuple[int, list[str]]]:
     """(line number, cells) for each record, with decode and CSV syntax errors as one line naming the file."""
-    # One report may be far longer than the csv module's default 128 KiB field limit.
-    csv.field_size_limit(max(csv.field_size_limit(), min(sys.maxsize, 1 << 31)))
+    csvsafe.allow_large_fields()  # one report may be far longer than the csv module's 128 KiB default
     try:
         with open(input_csv, newline="", encoding=encoding) as fh:
             reader = csv.reader(fh)
