@@ -8,3 +8,4 @@ DISCLAIMER = (
     "It has not been reviewed by a clinician and must not be used for diagnosis or treatment."
 )
 DEMO_NOTICE = "demo model — random weights — text is meaningless"
+PHANTOM_NOTICE = "phantom model — trained only on synthetic phantoms — its text says nothing about real images"

@@ -9,7 +9,7 @@ from html.parser import HTMLParser
 
 import pytest
 
-from medvlm import DEMO_NOTICE, RESEARCH_BANNER
+from medvlm import DEMO_NOTICE, PHANTOM_NOTICE, RESEARCH_BANNER
 from medvlm.report.html import mark_segments, render_report_html
 from medvlm.report.pdf import BlockedResource, html_to_pdf, refuse_external
 from medvlm.report.write import render_study_files, write_study_files
@@ -109,6 +109,20 @@ def test_demo_notice_only_for_random_weights():
     html = render_report_html(real, thumbs)
     assert 'class="demo"' not in html and DEMO_NOTICE not in html
     assert RESEARCH_BANNER in html
+
+
+def test_phantom_notice_in_json_html_and_on_every_pdf_page():
+    sentences = " ".join(f"Sentence {i} describes nothing in particular about the lungs." for i in range(260))
+    doc, thumbs = make_report(text="Small left pleural effusion. " + sentences, random_weights=False, phantom=True)
+    assert doc["demo_notice"] == PHANTOM_NOTICE and doc["provenance"]["model"]["phantom"] is True
+    html = render_report_html(doc, thumbs)
+    assert PHANTOM_NOTICE in html and 'class="demo"' in html and DEMO_NOTICE not in html
+    assert "synthetic phantom radiographs" in html and "random weights to exercise" not in html
+    pages = pdf_pages(html_to_pdf(render_report_html(doc, thumbs, for_pdf=True)))
+    assert len(pages) >= 3
+    for n, page in enumerate(pages, start=1):
+        assert PHANTOM_NOTICE in page, f"page {n} lacks the phantom notice"
+        assert DEMO_NOTICE not in page
 
 
 def test_report_shows_every_section_and_the_windowed_thumbnail():

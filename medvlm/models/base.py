@@ -34,6 +34,16 @@ class ModelInfo:
     details: dict = field(default_factory=dict)
     backend: str = "hf"
     identity: dict = field(default_factory=dict)  # the same dict the resume fingerprint used
+    phantom: bool = False  # trained only on synthetic phantoms (the `phantom` preset): its text says nothing about real images
+
+    @property
+    def notice(self) -> str | None:
+        """The notice every report made with this model carries (demo or phantom model), or None."""
+        from .. import DEMO_NOTICE, PHANTOM_NOTICE
+
+        if self.random_weights:
+            return DEMO_NOTICE
+        return PHANTOM_NOTICE if self.phantom else None
 
 
 @dataclass

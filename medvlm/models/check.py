@@ -43,6 +43,9 @@ def config_dir_for(name_or_path: str) -> tuple[str, Path]:
         raise ModelUnavailable(
             f"{name_or_path!r} is built by medvlm itself (random weights); --check sizes real presets and model folders."
         )
+    if preset is not None and preset.packaged and not path.exists():
+        folder = resolve(preset.name).local_dir
+        return f"{preset.name} (weights shipped with medvlm)", Path(folder)
     if preset is not None and not path.exists():
         return f"{preset.name} ({preset.hub_id}, published config shipped with medvlm)", preset_config_dir(preset.name)
     resolved = resolve(name_or_path)

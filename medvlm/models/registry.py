@@ -18,6 +18,7 @@ class Preset:
     hub_id: str | None  # None for models medvlm builds itself
     description: str
     random: str | None = None  # name of the RandomVLMSpec for built models
+    packaged: str | None = None  # folder under medvlm/models/ holding weights shipped inside the package
 
 
 PRESETS: dict[str, Preset] = {
@@ -30,17 +31,25 @@ PRESETS: dict[str, Preset] = {
         Preset("qwen2.5-vl-3b", "Qwen/Qwen2.5-VL-3B-Instruct", "Qwen2.5-VL 3B, general"),
         Preset("demo", None, "tiny Gemma3-shaped model with random weights (text is meaningless)", random="demo"),
         Preset("bench", None, "~0.6B Gemma3-shaped model with random weights, for benchmarks", random="bench"),
+        Preset("phantom", None, "tiny Gemma3 trained only on synthetic phantom chest radiographs (shipped with medvlm)",
+               packaged="phantom"),
     )
 }
 
 
 PRESET_CONFIGS = Path(__file__).resolve().parent / "preset_configs"
+PACKAGED_MODELS = Path(__file__).resolve().parent
+
+
+def packaged_model_dir(name: str) -> Path:
+    """The folder of a model whose weights ship inside medvlm (the `phantom` preset)."""
+    return PACKAGED_MODELS / PRESETS[name].packaged
 
 
 def preset_config_dir(name: str) -> Path:
     """The published config, generation config and processor configs of a preset, shipped with medvlm (no weights)."""
     path = PRESET_CONFIGS / name
-    if name not in PRESETS or PRESETS[name].random or not (path / "config.json").is_file():
+    if name not in PRESETS or PRESETS[name].random or PRESETS[name].packaged or not (path / "config.json").is_file():
         raise ModelUnavailable(f"no published configuration is shipped for {name!r}")
     return path
 
@@ -88,6 +97,14 @@ def resolve(name_or_path: str) -> ResolvedModel:
     preset = PRESETS.get(name_or_path)
     if preset and preset.random:
         return ResolvedModel(preset.name, f"medvlm random build ({preset.random})", None, None, preset.random)
+    if preset and preset.packaged:
+        folder = packaged_model_dir(preset.name)
+        if not (folder / "config.json").is_file() or not (folder / "model.safetensors").is_file():
+            raise ModelUnavailable(
+                f"the {preset.name} model's weights are missing from this medvlm install ({folder}); "
+                "reinstall medvlm or run sample_data/train_phantom.py"
+            )
+        return ResolvedModel(preset.name, f"medvlm packaged model ({preset.name})", folder, None, None)
     override = _env_override(name_or_path) if preset else None
     if override:
         if not (override / "config.json").is_file():
@@ -180,7 +197,7 @@ def availability() -> list[dict]:
             rows.append(
                 {
                     "name": preset.name,
-                    "source": preset.hub_id,
+                    "source": preset.hub_id or "shipped with medvlm",
                     "available": True,
                     "local_dir": str(resolved.local_dir),
                     "description": preset.description,
@@ -190,7 +207,7 @@ def availability() -> list[dict]:
             rows.append(
                 {
                     "name": preset.name,
-                    "source": preset.hub_id,
+                    "source": preset.hub_id or "shipped with medvlm",
                     "available": False,
                     "local_dir": "",
                     "description": preset.description,

@@ -7,7 +7,7 @@ import socket
 import subprocess
 from functools import lru_cache
 
-from .. import DEMO_NOTICE, DISCLAIMER, __version__
+from .. import DISCLAIMER, __version__
 from ..models.base import ModelInfo
 from ..clock import utc_now  # noqa: F401 - re-exported for report writers
 from ..finding_ids import assign_ids
@@ -53,6 +53,7 @@ def model_provenance(info: ModelInfo) -> dict:
             "local_dir": info.local_dir,
             "revision": info.revision,
             "random_weights": info.random_weights,
+            "phantom": info.phantom,
             "weights_digest": info.weights_digest,
             "parameters": info.parameters,
             "architecture": info.details.get("architecture"),
@@ -131,7 +132,7 @@ def build_report(
         "schema_version": SCHEMA_VERSION,
         "research_use_only": True,
         "disclaimer": DISCLAIMER,
-        "demo_notice": DEMO_NOTICE if model.random_weights else None,
+        "demo_notice": model.notice,
         "study": study_doc,
         "images": images,
         "prompt": {

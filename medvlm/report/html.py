@@ -8,7 +8,7 @@ from pathlib import Path
 
 from jinja2 import Environment, FileSystemLoader, StrictUndefined, select_autoescape
 
-from .. import DEMO_NOTICE, DISCLAIMER, RESEARCH_BANNER
+from .. import DEMO_NOTICE, DISCLAIMER, PHANTOM_NOTICE, RESEARCH_BANNER
 from ..paths import data_dir
 
 TEMPLATES = data_dir("report/templates")
@@ -31,6 +31,7 @@ def environment() -> Environment:
     env.globals.update(
         banner=RESEARCH_BANNER,
         demo_notice_text=DEMO_NOTICE,
+        phantom_notice_text=PHANTOM_NOTICE,
         disclaimer_text=DISCLAIMER,
         risk_order=RISK_ORDER,
     )

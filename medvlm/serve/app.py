@@ -58,6 +58,7 @@ class ServeState:
             # What a medvlm client records as served-model facts (and resumes on): stable across restarts.
             "medvlm": {
                 "random_weights": info.random_weights,
+                "phantom": info.phantom,
                 "weights_digest": info.weights_digest,
                 "identity": self.backend.identity,
             },

@@ -48,6 +48,7 @@ def model_info(options: EndpointOptions, served: Served) -> ModelInfo:
         local_dir=None,
         revision=None,
         random_weights=bool(medvlm_meta.get("random_weights")),
+        phantom=bool(medvlm_meta.get("phantom")),
         dtype=UNKNOWN_REMOTE,
         quantization=UNKNOWN_REMOTE,
         device="remote",

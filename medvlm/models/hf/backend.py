@@ -19,6 +19,9 @@ from .identity import hf_identity
 from .processor import cap_visual_tokens, load_processor
 from .tokens import control_token_ids
 
+# Written by sample_data/train_phantom.py next to the weights: the model learned only synthetic phantoms.
+PHANTOM_META = "medvlm_phantom_model.json"
+
 
 class HFBackend(BackendBase):
     """A transformers VLM loaded once and used for every batch."""
@@ -119,12 +122,15 @@ class HFBackend(BackendBase):
         self.markup_ids = control_token_ids(tokenizer, self.processor) - self.eos_ids
         random_meta = Path(local_dir) / "medvlm_random_model.json"
         meta = json.loads(random_meta.read_text()) if random_meta.is_file() else {}
+        phantom_meta = Path(local_dir) / PHANTOM_META
+        phantom = phantom_meta.is_file() and bool(json.loads(phantom_meta.read_text(encoding="utf-8")).get("phantom"))
         self.info = ModelInfo(
             name=resolved.name,
             source=resolved.source,
             local_dir=str(local_dir),
             revision=resolved.revision or meta.get("spec_digest"),
             random_weights=bool(meta.get("random_weights")),
+            phantom=phantom,
             dtype=str(torch_dtype).replace("torch.", ""),
             quantization=quant_desc,
             device=dev,
