@@ -2,9 +2,10 @@
 
 Run: python sample_data/make_sample_data.py [--out sample_data/studies]
 
-Everything is synthetic: the pictures are drawn from ellipses and bands (lungs dark, mediastinum,
-spine and ribs bright), the identifiers are obviously fake (DEMO^...), and the UIDs are derived
-from fixed strings, so re-running produces identical files.
+Everything is synthetic: the pictures are procedural phantoms from medvlm.phantoms (seed 4242,
+the first phantom with each study's findings), the identifiers are obviously fake (DEMO^...), and
+the UIDs are derived from fixed strings, so re-running produces identical files. truth.csv says
+what each study shows (`medvlm evaluate runs/demo --truth sample_data/studies/truth.csv`).
 
 Layout:
   study_001_pa/            CR PA, MONOCHROME2, 12-bit, WindowCenter/Width, PatientAge 063Y
@@ -14,13 +15,17 @@ Layout:
                            (age only from PatientBirthDate + StudyDate)
   loose_chest_pa.dcm       a study file directly in the batch root
   png_study_001/chest.png  8-bit PNG with chest.json sidecar (age, sex, indication, view)
+  truth.csv                what each study shows (SHOWS below): study, findings, details
 """
 
 from __future__ import annotations
 
 import argparse
+import csv
 import json
 import shutil
+import sys
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -34,7 +39,21 @@ from pydicom.uid import (
     generate_uid,
 )
 
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from medvlm.phantoms import PhantomStudy, render_view, sample_study, truth_row
+
 SIDE = 320
+PHANTOM_SEED = 4242  # neither the phantom model's training seed (1000) nor the benchmark's (7)
+# What each sample study shows: phantom finding codes (the truth written to truth.csv).
+SHOWS = {
+    "study_001_pa": ("mass",),
+    "study_002_pa_lateral": ("pleural_effusion", "cardiomegaly"),
+    "study_003_mono1": ("consolidation",),
+    "study_004_rescale": (),
+    "loose_chest_pa.dcm": (),
+    "png_study_001": ("pneumothorax",),
+}
 CR_SOP = "1.2.840.10008.5.1.4.1.1.1"  # Computed Radiography Image Storage
 DX_SOP = "1.2.840.10008.5.1.4.1.1.1.1"  # Digital X-Ray Image Storage - For Presentation
 UID_PREFIX = "1.2.826.0.1.3680043.8.498."  # pydicom's prefix
@@ -44,59 +63,18 @@ def uid(*parts: str) -> str:
     return generate_uid(prefix=UID_PREFIX, entropy_srcs=["medvlm-sample", *parts])
 
 
-def _ellipse(yy, xx, cy, cx, ry, rx) -> np.ndarray:
-    return ((yy - cy) / ry) ** 2 + ((xx - cx) / rx) ** 2 <= 1.0
+def phantom(codes: tuple[str, ...]) -> PhantomStudy:
+    """The first phantom of PHANTOM_SEED whose findings are exactly `codes` (no marker or collimation, so corners are air)."""
+    for index in range(20000):
+        study = sample_study(PHANTOM_SEED, index, png_share=0.0)
+        if study.codes == codes:
+            return replace(study, anatomy=replace(study.anatomy, marker=None, collimation=0.0, aspect=1.0))
+    raise LookupError(f"no phantom of seed {PHANTOM_SEED} has exactly {codes}")
 
 
-def _blur(img: np.ndarray, passes: int = 3) -> np.ndarray:
-    out = img
-    for _ in range(passes):
-        pad = np.pad(out, 1, mode="edge")
-        out = (pad[:-2, 1:-1] + pad[2:, 1:-1] + pad[1:-1, :-2] + pad[1:-1, 2:] + 4 * pad[1:-1, 1:-1]) / 8.0
-    return out
-
-
-def frontal(seed: int, side: int = SIDE) -> np.ndarray:
-    """0..1 'display' image of a frontal chest film (1 = bright/dense)."""
-    rng = np.random.default_rng(seed)
-    yy, xx = np.mgrid[0:side, 0:side].astype(np.float64) / side
-    img = np.zeros((side, side))
-    body = _ellipse(yy, xx, 0.58, 0.5, 0.55, 0.44)
-    img[body] = 0.55
-    jitter = rng.uniform(-0.015, 0.015, size=4)
-    lung_r = _ellipse(yy, xx, 0.47 + jitter[0], 0.31, 0.27, 0.13)
-    lung_l = _ellipse(yy, xx, 0.47 + jitter[1], 0.69, 0.27, 0.13)
-    img[lung_r | lung_l] = 0.18
-    # ribs: curved bands across each lung field
-    for k in range(8):
-        y0 = 0.27 + k * 0.05
-        band = np.abs(yy - (y0 + 0.35 * (xx - 0.5) ** 2)) < 0.009
-        img[band & (lung_r | lung_l)] += 0.16
-    img[_ellipse(yy, xx, 0.42, 0.5, 0.22, 0.07)] = 0.72  # mediastinum
-    img[_ellipse(yy, xx, 0.62 + jitter[2], 0.56, 0.11, 0.13 + jitter[3])] = 0.7  # heart
-    img[(np.abs(xx - 0.5) < 0.028) & body] = 0.85  # spine
-    img[(yy > 0.72) & body & ~(lung_r | lung_l)] = np.maximum(img[(yy > 0.72) & body & ~(lung_r | lung_l)], 0.62)
-    for cx in (0.36, 0.64):  # clavicles
-        img[(np.abs(yy - (0.2 + 0.25 * (xx - cx) ** 2)) < 0.012) & (np.abs(xx - cx) < 0.15)] = 0.8
-    img = _blur(img) + rng.normal(0, 0.01, img.shape)
-    return np.clip(img, 0, 1)
-
-
-def lateral(seed: int, side: int = SIDE) -> np.ndarray:
-    """0..1 'display' image of a lateral chest film."""
-    rng = np.random.default_rng(seed)
-    yy, xx = np.mgrid[0:side, 0:side].astype(np.float64) / side
-    img = np.zeros((side, side))
-    body = _ellipse(yy, xx, 0.58, 0.5, 0.55, 0.36)
-    img[body] = 0.55
-    lung = _ellipse(yy, xx, 0.48, 0.5, 0.3, 0.25)
-    img[lung] = 0.2
-    img[_ellipse(yy, xx, 0.6, 0.42, 0.13, 0.12)] = 0.66  # heart, anterior
-    img[(np.abs(xx - 0.78) < 0.035) & body] = 0.85  # spine, posterior
-    img[(np.abs(xx - 0.2) < 0.015) & (yy > 0.3) & (yy < 0.7)] = 0.78  # sternum
-    img[(yy > 0.75) & body] = np.maximum(img[(yy > 0.75) & body], 0.62)
-    img = _blur(img) + rng.normal(0, 0.01, img.shape)
-    return np.clip(img, 0, 1)
+def picture(study: PhantomStudy, view: str) -> np.ndarray:
+    """0..1 display image (1 = bright/dense) of one view, SIDE x SIDE."""
+    return render_view(study, view, SIDE, SIDE)
 
 
 def _base(study: str, series: str, instance: int, *, modality: str, name: str, pid: str, sex: str,
@@ -170,6 +148,7 @@ def make(out: Path) -> list[Path]:
         shutil.rmtree(out)
     out.mkdir(parents=True)
     written: list[Path] = []
+    shows = {name: phantom(codes) for name, codes in SHOWS.items()}
 
     # 1: CR PA with a header window
     ds = _base("s1", "s1se1", 1, modality="CR", name="DEMO^ALPHA", pid="DEMO-0001", sex="M", view="PA",
@@ -177,11 +156,12 @@ def make(out: Path) -> list[Path]:
     ds.WindowCenter = 2048
     ds.WindowWidth = 3600
     path = out / "study_001_pa" / "IM0001.dcm"
-    _write(ds, _stored(frontal(1)), path)
+    _write(ds, _stored(picture(shows["study_001_pa"], "PA")), path)
     written.append(path)
 
     # 2: DX PA + lateral in one study folder
-    for i, (view, img) in enumerate((("PA", frontal(2)), ("LL", lateral(2))), start=1):
+    two = shows["study_002_pa_lateral"]
+    for i, (view, img) in enumerate((("PA", picture(two, "PA")), ("LL", picture(two, "LL"))), start=1):
         ds = _base("s2", f"s2se{i}", i, modality="DX", name="DEMO^BRAVO", pid="DEMO-0002", sex="F",
                    view=view, age="047Y", birth=None, description="CHEST 2 VIEWS", reason="Shortness of breath")
         ds.WindowCenter = [2048, 1800]
@@ -196,7 +176,7 @@ def make(out: Path) -> list[Path]:
     ds.WindowCenter = 2048
     ds.WindowWidth = 4000
     path = out / "study_003_mono1" / "IM0001.dcm"
-    _write(ds, _stored(frontal(3), invert=True), path, photometric="MONOCHROME1", rle=True)
+    _write(ds, _stored(picture(shows["study_003_mono1"], "AP"), invert=True), path, photometric="MONOCHROME1", rle=True)
     written.append(path)
 
     # 4: rescale slope/intercept, padding border, no window (percentile); age from birth date
@@ -205,7 +185,7 @@ def make(out: Path) -> list[Path]:
     ds.RescaleSlope = 2
     ds.RescaleIntercept = -1000
     ds.RescaleType = "US"
-    stored = _stored(frontal(4), top=2047)
+    stored = _stored(picture(shows["study_004_rescale"], "PA"), top=2047)
     stored[:, :12] = 0  # collimator border stored as padding
     stored[:, -12:] = 0
     ds.PixelPaddingValue = 0
@@ -219,17 +199,26 @@ def make(out: Path) -> list[Path]:
     ds.WindowCenter = 2048
     ds.WindowWidth = 3800
     path = out / "loose_chest_pa.dcm"
-    _write(ds, _stored(frontal(5)), path)
+    _write(ds, _stored(picture(shows["loose_chest_pa.dcm"], "PA")), path)
     written.append(path)
 
     # 6: PNG with a JSON sidecar
     png = out / "png_study_001" / "chest.png"
     png.parent.mkdir(parents=True)
-    Image.fromarray(np.rint(frontal(6) * 255).astype(np.uint8), "L").save(png, optimize=False)
+    Image.fromarray(np.rint(picture(shows["png_study_001"], "PA") * 255).astype(np.uint8), "L").save(png, optimize=False)
     sidecar = png.with_suffix(".json")
     sidecar.write_text(json.dumps({"age": 52, "sex": "F", "view": "PA", "indication": "Chest pain after fall"},
                                   indent=2, sort_keys=True) + "\n")
     written += [png, sidecar]
+
+    # What each study shows, in the phantom truth format (medvlm evaluate reads it).
+    truth = out / "truth.csv"
+    with open(truth, "w", newline="", encoding="utf-8") as fh:
+        writer = csv.DictWriter(fh, fieldnames=("study", "findings", "details"), lineterminator="\n")
+        writer.writeheader()
+        for name in sorted(shows):
+            writer.writerow({**truth_row(shows[name]), "study": name})
+    written.append(truth)
     return written
 
 
