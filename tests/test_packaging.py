@@ -50,12 +50,16 @@ def test_wheel_ships_prompts_and_schemas_from_the_one_top_level_source(wheel):
             assert sources
             for source in sources:
                 assert zf.read(f"medvlm/_data/{kind}/{source.name}") == source.read_bytes()
-    for folder, pattern in (("medvlm/models/preset_configs", "*/*.json"), ("medvlm/findings/vocab", "*.yaml"),
+    for folder, pattern in (("medvlm/models/preset_configs", "*/*.json"), ("medvlm/models/phantom", "*"),
+                            ("medvlm/findings/vocab", "*.yaml"),
                             ("medvlm/findings/cues", "*.yaml"), ("medvlm/risk/rules", "*.yaml"),
                             ("medvlm/report/templates", "*"), ("medvlm/review/templates", "*"),
                             ("medvlm/review/static", "*")):
         for source in (PROJECT / folder).glob(pattern):
             assert source.relative_to(PROJECT).as_posix() in names
+    # The phantom model's weights and tokenizer ship inside the wheel: `--model phantom` needs no training.
+    assert {"medvlm/models/phantom/model.safetensors", "medvlm/models/phantom/config.json",
+            "medvlm/models/phantom/tokenizer.json"} <= names
     assert not any(n.startswith(("tests/", "sample_data/", "prompts/", "schemas/")) for n in names)
     metadata = next(n for n in names if n.endswith(".dist-info/METADATA"))
     with zipfile.ZipFile(wheel) as zf:
