@@ -34,8 +34,9 @@ def chart_png(ev: dict) -> bytes:
             s = f.get(key)
             v = s["value"] if s else 0.0
             vals.append(v)
-            lo.append(v - s["low"] if s and s.get("low") is not None else 0.0)
-            hi.append(s["high"] - v if s and s.get("high") is not None else 0.0)
+            # A percentile-bootstrap interval need not contain the point estimate; error bars cannot be negative.
+            lo.append(max(0.0, v - s["low"]) if s and s.get("low") is not None else 0.0)
+            hi.append(max(0.0, s["high"] - v) if s and s.get("high") is not None else 0.0)
         ax.barh([y + offset for y in ys], vals, height=0.36 if offset else 0.6, color=color, label=name,
                 xerr=[lo, hi], error_kw={"elinewidth": 1, "capsize": 2, "ecolor": "#333"})
 

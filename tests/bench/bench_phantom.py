@@ -5,7 +5,7 @@ usage: python tests/bench/bench_phantom.py [--n 200] [--seed 7] [--size 512] [--
 Writes --n phantoms of --seed (7: never used by sample_data/train_phantom.py, which uses seed 1000)
 with sample_data/make_phantoms.py's generator, runs `medvlm batch --model phantom` on them on the
 CPU as fp32, bf16 and int8 at batch size 1 and 8, and once through `medvlm serve --model phantom`
-with the endpoint backend (server batch size 8, 8 requests in flight), then `medvlm evaluate`s each
+with the endpoint backend (its default --quant auto = int8 on CPU; server batch size 8, 8 requests in flight), then `medvlm evaluate`s each
 run against truth.csv. Prints one row per configuration: micro-F1 (95% bootstrap interval), studies
 whose present findings match truth exactly, studies whose model text is byte-identical to fp32
 batch 1, F1 per finding, and seconds per study. A benchmark: it prints figures, it asserts nothing.
@@ -19,7 +19,6 @@ import json
 import os
 import sys
 import tempfile
-import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
@@ -41,6 +40,15 @@ def texts(out: Path) -> dict[str, str]:
                 for r in csv.DictReader(fh) if r["status"] == "ok"}
 
 
+def seconds_per_study(run: Path, n: int) -> float:
+    """Wall seconds of the run (run.json's started_at..finished_at) per study."""
+    from datetime import datetime
+
+    doc = json.loads((run / "run.json").read_text())
+    span = datetime.fromisoformat(doc["finished_at"]) - datetime.fromisoformat(doc["started_at"])
+    return span.total_seconds() / n
+
+
 def value(interval: dict | None) -> float:
     return float("nan") if not interval else interval["value"]
 
@@ -57,7 +65,7 @@ def main() -> None:
         parser.error("seed 1000 is the phantom model's training seed; measure on another")
     work = args.work or Path(tempfile.mkdtemp(prefix="bench-phantom-"))
     studies = work / f"phantoms-{args.seed}-{args.n}-{args.size}"
-    if not (studies / TRUTH_NAME).is_file():
+    if not (studies / TRUTH_NAME).is_file():  # phantoms already in --work are reused
         generate(studies, args.n, args.seed, args.size)
     truth = studies / TRUTH_NAME
     common = dict(studies=studies, model="phantom", write_pdf=False)
@@ -70,19 +78,20 @@ def main() -> None:
                             dict(batch_size=batch, backend_options={"device": "cpu", **options})))
     rows = []
     for label, folder, extra in configs:
-        started = time.perf_counter()
-        run_batch(RunConfig(out=work / folder, **common, **extra))
-        rows.append((label, folder, (time.perf_counter() - started) / args.n))
-    if not args.no_serve:
+        if not (work / folder / "run.json").is_file():  # a finished run in --work is reused
+            run_batch(RunConfig(out=work / folder, **common, **extra))
+        rows.append((label, folder, seconds_per_study(work / folder, args.n)))
+    serve_label = "medvlm serve (cpu, --quant auto = int8, batch 8) via endpoint"
+    if not args.no_serve and (work / "serve-b8" / "run.json").is_file():
+        rows.append((serve_label, "serve-b8", seconds_per_study(work / "serve-b8", args.n)))
+    elif not args.no_serve:
         for name in ("MEDVLM_API_KEY", "OPENAI_API_KEY"):
             os.environ.pop(name, None)
         with serving("--model", "phantom", "--port", "0", "--batch-size", "8", "--max-wait-ms", "200",
                      env=server_env()) as server:
-            started = time.perf_counter()
             run_batch(RunConfig(out=work / "serve-b8", backend="endpoint", batch_size=8,
                                 backend_options={"url": server.url, "concurrency": 8}, **common))
-            rows.append(("medvlm serve (fp32 cpu, batch 8) via endpoint", "serve-b8",
-                         (time.perf_counter() - started) / args.n))
+            rows.append((serve_label, "serve-b8", seconds_per_study(work / "serve-b8", args.n)))
             server.stop()
     reference = texts(work / "fp32-b1")
     print(f"phantom model on {args.n} fresh phantoms (seed {args.seed}, {args.size} px rows); truth {truth}")
