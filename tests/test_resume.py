@@ -31,7 +31,8 @@ def _latest(out):
 def test_sigkill_mid_batch_then_rerun_completes_each_study_once(tmp_path, demo_model_dir):
     studies = make_png_studies(tmp_path / "studies", N)
     out = tmp_path / "out"
-    args = batch_args(studies, out, *pinned_resources(tmp_path / "resources"))
+    # one study per batch: with --batch-size auto all six would be recorded at once, after the kill window
+    args = batch_args(studies, out, "--batch-size", "1", *pinned_resources(tmp_path / "resources"))
     proc = subprocess.Popen(medvlm_cmd(*args), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
     deadline = time.monotonic() + 240
     try:
