@@ -77,6 +77,8 @@ BAD_BATCH = {
     "dtype bogus": lambda t: (["--dtype", "bogus"], {}, ("--dtype 'bogus'",)),
     "out is a file": lambda t: (["--out", t / "a-file"], {}, ("is a file, not a folder",)),
     "out inside a file": lambda t: (["--out", t / "a-file" / "run"], {}, ("which is a file",)),
+    "out holds another command's files": lambda t: (["--out", t / "exported"], {},
+                                                     ("--out", "studies.csv", "is not a medvlm run")),
     "out under /proc": lambda t: (["--out", "/proc/medvlm-test-out"], {}, ("/proc/medvlm-test-out",)),
     "out in a read-only place": lambda t: (["--out", "/proc/sys/medvlm-test-out"], {}, ("cannot be written",)),
     "batch size abc": lambda t: ([], {"MEDVLM_BATCH_SIZE": "abc"}, ("MEDVLM_BATCH_SIZE='abc'", "1 to 256")),
@@ -104,6 +106,8 @@ def test_bad_batch_options_and_environment_are_one_line_with_nothing_written(tmp
         if torch.cuda.is_available():
             pytest.skip("this machine has CUDA")
     (tmp_path / "a-file").write_text("not a folder")
+    (tmp_path / "exported").mkdir()
+    (tmp_path / "exported" / "studies.csv").write_text("an export of another run\n")
     extra, env, needles = BAD_BATCH[case](tmp_path)
     out = tmp_path / "out"
     args = batch_args(studies, out)
@@ -116,6 +120,7 @@ def test_bad_batch_options_and_environment_are_one_line_with_nothing_written(tmp
     assert not out.exists(), case
     assert not list(tmp_path.rglob("ledger.jsonl")), case
     assert (tmp_path / "a-file").read_text() == "not a folder"
+    assert [p.name for p in (tmp_path / "exported").iterdir()] == ["studies.csv"]
 
 
 def test_dtype_on_cpu_names_the_real_cause_not_a_quant_the_user_never_gave(tmp_path, studies):
