@@ -128,15 +128,15 @@ def _check_env_option(backend: str, name: str, options: dict) -> None:
         raise UsageProblem(f"MEDVLM_{name.upper()}={options[name]!r}: {exc}") from None
 
 
-def foreign_out_problem(out: Path) -> str | None:
+def foreign_out_problem(out: Path, studies: Path) -> str | None:
     """Why a batch must not write into `out`: it holds files of something other than a medvlm run.
 
     A run folder (resumed) and an empty or new folder are fine; hidden files are ignored.
     """
     from .paths import is_run_folder
 
-    if not out.is_dir() or is_run_folder(out):
-        return None
+    if not out.is_dir() or is_run_folder(out) or out.resolve() == studies.resolve():
+        return None  # (--out equal to the studies folder has its own message, from discovery)
     try:
         with os.scandir(out) as entries:
             foreign = sorted(e.name for e in entries if not e.name.startswith("."))
@@ -180,7 +180,7 @@ def check_config(config: RunConfig) -> None:
     for option, path in (("--prompt", config.prompt_file), ("--vocab", config.vocab_file), ("--rules", config.rules_file)):
         if path is not None and not Path(path).is_file():
             raise UsageProblem(f"{option} file not found: {path}")
-    problem = writable_dir_problem(Path(config.out), "--out") or foreign_out_problem(Path(config.out))
+    problem = writable_dir_problem(Path(config.out), "--out") or foreign_out_problem(Path(config.out), studies)
     if problem:
         raise UsageProblem(problem)
     if os.environ.get("MEDVLM_CACHE_DIR"):

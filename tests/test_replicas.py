@@ -28,7 +28,7 @@ from medvlm.records import ImageInput, Study, StudyContext, StudyRef
 from conftest import SAMPLE_STUDIES, SHARED
 from replica_support import REPLICAS, build_replica
 
-REAL_PRESETS = [name for name, p in PRESETS.items() if not p.random]
+REAL_PRESETS = [name for name, p in PRESETS.items() if p.hub_id]  # published models (not demo/bench/phantom)
 # About how many parameters each published model has (model cards, and the MedGemma weight index: 8.6 GB bf16).
 PUBLISHED_PARAMETERS = {"medgemma-4b": 4.3e9, "medgemma-1.5-4b": 4.3e9, "qwen2.5-vl-3b": 3.75e9,
                         "smolvlm-256m": 0.256e9, "smolvlm-2b": 2.25e9}

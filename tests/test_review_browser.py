@@ -253,6 +253,7 @@ def test_two_reviewers_in_two_browsers_on_one_server_both_keep_their_reviews(run
             page.fill("#reviewer-input", name)
             page.keyboard.press("Enter")
             page.wait_for_selector("#reviewer-name")
+            page.wait_for_load_state("load")  # the keyboard script (end of body) runs before "load"; keys before it are lost
             assert page.inner_text("#reviewer-name") == name
             page.keyboard.press("Enter")
             page.wait_for_url(re.compile(r"/study/"))
