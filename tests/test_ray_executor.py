@@ -44,7 +44,7 @@ ACTOR_BUSY = "ray::MapWorker(MapBatches(ModelActor)).submit"  # the title Ray gi
 
 
 def _config(studies: Path, out: Path, executor: str = "local", **options) -> RunConfig:
-    return RunConfig(studies=studies, out=out, modality="chest_xray", model="demo", max_new_tokens=12,
+    return RunConfig(studies=studies, out=out, modality="chest_xray", model="demo", max_new_tokens=12, batch_size=1,
                      write_pdf=False, executor=executor, executor_options=options)
 
 
