@@ -102,9 +102,10 @@ def test_cli_phantom_model_reads_the_sample_phantoms_and_every_output_says_what_
     (tmp_path / "found.json").write_text(json.dumps({k: sorted(v) for k, v in found.items()}))
 
 
-@pytest.mark.xfail(strict=True, reason="the shipped phantom model writes a normal report for every study "
-                   "(micro-F1 0.0 on fresh phantoms, see README); strict, so a better model turns this red until updated")
 def test_cli_phantom_model_finds_the_findings_of_the_sample_phantoms(tmp_path):
+    # The six sample phantoms (seed 4242, never trained on) carry a mass, a pneumothorax, an effusion with
+    # cardiomegaly and a consolidation, and two are normal; the shipped model reads every one right with
+    # the default flags (what `make run` shows). Its accuracy on 200 fresh phantoms is bench_phantom's job.
     out = tmp_path / "run"
     proc = _medvlm("batch", str(SAMPLES), "--modality", "chest_xray", "--model", "phantom", "--out", str(out), "--no-pdf")
     assert proc.returncode == 0, proc.stderr[-2000:]
