@@ -565,11 +565,12 @@ def check(model, tokenizer, data, studies, feats, n: int, batch=16) -> dict:
     return {"n": n, "micro_f1": round(f1, 4), "exact": exact / n, "per_finding_f1": per_f1, "samples": samples}
 
 
-def recheck(out: Path, tokenizer, val, val_studies, n: int) -> int:
+def recheck(out: Path, val, val_studies, n: int) -> int:
     """The check again, on the saved (fp16) weights read back as fp32; its figures replace the saved ones."""
     import torch
-    from transformers import Gemma3ForConditionalGeneration
+    from transformers import AutoTokenizer, Gemma3ForConditionalGeneration
 
+    tokenizer = AutoTokenizer.from_pretrained(out)
     model = Gemma3ForConditionalGeneration.from_pretrained(out, dtype=torch.float32).eval()
     result = check(model, tokenizer, val, val_studies, vision_cache(model, val), n)
     log(f"validation (greedy, extractor, saved weights): {json.dumps(result)}")
@@ -596,6 +597,13 @@ def main(argv=None) -> int:
     parser.add_argument("--check-only", action="store_true",
                         help="only redo the validation check on the model saved in --out and update its figures")
     args = parser.parse_args(argv)
+    for name in ("train", "val", "workers"):
+        if getattr(args, name) < 1:
+            parser.error(f"--{name} must be at least 1")
+    if args.vision_minutes <= 0 or args.text_minutes <= 0:
+        parser.error("--vision-minutes and --text-minutes must be more than 0")
+    if args.check_only and not (args.out / "config.json").is_file():
+        parser.error(f"--check-only needs a model saved in --out (no config.json in {args.out})")
     import torch
 
     torch.manual_seed(SEED)
@@ -610,17 +618,17 @@ def main(argv=None) -> int:
     from transformers import AutoTokenizer, Gemma3ForConditionalGeneration
 
     t0 = time.perf_counter()
-    data = prepare_data(args.work, skeleton, SEED, 0, args.train, "train", args.workers)
     val = prepare_data(args.work, skeleton, SEED, args.train, args.val, "val", args.workers)
+    val_studies = [sample_study(SEED, int(i)) for i in val["index"]]
+    if args.check_only:  # the validation phantoms only: no training data, no skeleton weights
+        return recheck(args.out, val, val_studies, min(args.val, 150))
+    data = prepare_data(args.work, skeleton, SEED, 0, args.train, "train", args.workers)
     timings["data_s"] = time.perf_counter() - t0
     studies = [sample_study(SEED, int(i)) for i in data["index"]]
-    val_studies = [sample_study(SEED, int(i)) for i in val["index"]]
     classes = class_table()
     tokenizer = AutoTokenizer.from_pretrained(skeleton)
     model = Gemma3ForConditionalGeneration.from_pretrained(skeleton, dtype=torch.float32)
 
-    if args.check_only:
-        return recheck(args.out, tokenizer, val, val_studies, min(args.val, 150))
     t0 = time.perf_counter()
     s1_path = args.work / "stage1.pt"
     if s1_path.is_file():
