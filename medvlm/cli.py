@@ -12,6 +12,7 @@ from typer.core import TyperCommand
 
 from . import RESEARCH_BANNER, __version__
 from .console import Printer, install as install_console
+from .config import LIMITS
 from .errors import first_line
 from .models.registry import DEFAULT_MODEL
 
@@ -75,12 +76,12 @@ def batch(
     modality: str = typer.Option("chest_xray", "--modality", "-m", metavar="MODALITY", help="chest_xray, ct, mri or auto."),
     model: str = typer.Option(DEFAULT_MODEL, "--model", metavar="NAME|PATH", help="Preset name, local model directory or hub id."),
     out_dir: Path = typer.Option(Path("runs/latest"), "--out", "-o", metavar="DIR", help="Output folder."),
-    max_new_tokens: int = typer.Option(256, "--max-new-tokens", metavar="N", min=1, max=8192, help="Most tokens generated per study (MEDVLM_MAX_NEW_TOKENS)."),
+    max_new_tokens: int = typer.Option(256, "--max-new-tokens", metavar="N", min=LIMITS["max_new_tokens"][0], max=LIMITS["max_new_tokens"][1], help="Most tokens generated per study (MEDVLM_MAX_NEW_TOKENS)."),
     batch_size: str = typer.Option("auto", "--batch-size", metavar="N|auto", help="Studies per generate() call: auto (from the memory estimate and device, at most the number of studies) or 1-256 (MEDVLM_BATCH_SIZE)."),
     quant: str = typer.Option("auto", "--quant", metavar="MODE", help="none, int8, int4 or auto (int8 on CPU, nf4 on CUDA with bitsandbytes)."),
     dtype: str = typer.Option("auto", "--dtype", metavar="DTYPE", help="auto, float32, bfloat16 or float16."),
     device: str = typer.Option("auto", "--device", metavar="DEVICE", help="auto, cpu, cuda or cuda:N."),
-    max_images: int = typer.Option(2, "--max-images", metavar="N", min=1, max=8, help="Images per study sent to the model."),
+    max_images: int = typer.Option(2, "--max-images", metavar="N", min=LIMITS["max_images"][0], max=LIMITS["max_images"][1], help="Images per study sent to the model."),
     ignore_eos: bool = typer.Option(False, "--ignore-eos/--no-ignore-eos", help="Always generate --max-new-tokens (benchmarks)."),
     include_phi: bool = typer.Option(False, "--include-phi/--no-include-phi", help="Copy patient identifiers into reports."),
     force_modality: bool = typer.Option(False, "--force-modality/--no-force-modality", help="Run studies whose DICOM modality does not match."),
@@ -432,7 +433,7 @@ def bench(
     model: str = typer.Option("bench", "--model", metavar="NAME|PATH", help="Preset (bench: ~0.6B random-weight Gemma3), directory or hub id."),
     out_dir: Path = typer.Option(Path("runs/bench"), "--out", "-o", metavar="DIR", help="Output folder (bench.json, bench.png, reports)."),
     modality: str = typer.Option("chest_xray", "--modality", "-m", metavar="MODALITY", help="chest_xray, ct or mri."),
-    max_new_tokens: int = typer.Option(64, "--max-new-tokens", metavar="N", min=1, max=8192, help="Exactly this many per study."),
+    max_new_tokens: int = typer.Option(64, "--max-new-tokens", metavar="N", min=LIMITS["max_new_tokens"][0], max=LIMITS["max_new_tokens"][1], help="Exactly this many per study."),
     batch_size: str = typer.Option("auto", "--batch-size", metavar="N|auto", help="auto (as medvlm batch) or 1-256."),
     quant: str = typer.Option("auto", "--quant", metavar="MODE", help="none, int8, int4 or auto."),
     dtype: str = typer.Option("auto", "--dtype", metavar="DTYPE", help="auto, float32, bfloat16 or float16."),

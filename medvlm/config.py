@@ -8,6 +8,7 @@ from pathlib import Path
 from typing import Any
 
 from .errors import UsageProblem
+from .records import MODALITIES as RECORD_MODALITIES
 from .redact import redact_values
 from .models.backends import DEFAULT_BACKEND
 from .models.registry import DEFAULT_MODEL
@@ -69,7 +70,7 @@ def batch_size_value(value: Any) -> int | str:
 
 # Bounds shared by the command-line options and their MEDVLM_* variables.
 LIMITS = {"max_new_tokens": (1, 8192), "batch_size": (1, MAX_BATCH_SIZE), "max_images": (1, 8)}
-MODALITIES = ("chest_xray", "ct", "mri", "auto")
+MODALITIES = (*RECORD_MODALITIES, "auto")
 
 # MEDVLM_<NAME> variables: (RunConfig field or backend option, type).
 _ENV_FIELDS = {"model": str, "max_new_tokens": int, "batch_size": batch_size_value}
@@ -111,21 +112,31 @@ def from_env(config: RunConfig, explicit: set[str]) -> RunConfig:
                 continue
             value = _env_value(name, cast)
             if value is not None:
-                options[name] = value.strip()
-                _check_env_option(config.backend, name, options)
+                options[name] = value
     if options != config.backend_options:
+        _check_env_options(config.backend, config.backend_options, options)
         updates["backend_options"] = options
     return replace(config, **updates) if updates else config
 
 
-def _check_env_option(backend: str, name: str, options: dict) -> None:
-    """A bad MEDVLM_DEVICE/DTYPE/QUANT is named as the variable, not as the option the user never typed."""
+def _check_env_options(backend: str, typed: dict, options: dict) -> None:
+    """A bad MEDVLM_DEVICE/DTYPE/QUANT is named as the variable, not as the option the user never typed.
+
+    A problem in the options typed on the command line alone is theirs: check_config reports it as such.
+    """
     from .models import get_kind
 
+    check = get_kind(backend).check_options
     try:
-        get_kind(backend).check_options(options)
+        check(typed)
+    except UsageProblem:
+        return
+    try:
+        check(options)
     except UsageProblem as exc:
-        raise UsageProblem(f"MEDVLM_{name.upper()}={options[name]!r}: {exc}") from None
+        names = [name for name in options if options[name] != typed.get(name)]
+        named = ", ".join(f"MEDVLM_{name.upper()}={options[name]!r}" for name in names)
+        raise UsageProblem(f"{named}: {exc}") from None
 
 
 def foreign_out_problem(out: Path, studies: Path) -> str | None:

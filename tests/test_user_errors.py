@@ -87,6 +87,9 @@ BAD_BATCH = {
     "new tokens 0": lambda t: ([], {"MEDVLM_MAX_NEW_TOKENS": "0"}, ("MEDVLM_MAX_NEW_TOKENS='0'", "1 to 8192")),
     "new tokens abc": lambda t: ([], {"MEDVLM_MAX_NEW_TOKENS": "abc"}, ("MEDVLM_MAX_NEW_TOKENS='abc'",)),
     "env device": lambda t: ([], {"MEDVLM_DEVICE": "tpu"}, ("MEDVLM_DEVICE='tpu'",)),
+    # a typed --dtype is the typed option's fault, not that of a good MEDVLM_DEVICE beside it
+    "typed dtype beside env device": lambda t: (["--dtype", "float64"], {"MEDVLM_DEVICE": "cpu"},
+                                                ("error: unknown --dtype 'float64'",)),
     "cache dir is a file": lambda t: ([], {"MEDVLM_CACHE_DIR": str(t / "a-file")}, ("MEDVLM_CACHE_DIR", "is a file")),
     "modality bogus": lambda t: (["--modality", "bogus"], {}, ("--modality", "'bogus'")),
     "prompt for ct": lambda t: (["--prompt", ROOT / "prompts" / "ct.yaml"], {}, ("template for ct", "not chest_xray")),
@@ -285,12 +288,21 @@ def test_help_shows_real_metavars_and_flag_pairs_uncut_at_80_columns():
 # ------------------------------------------------------------------ export and regrade on damaged reports (item 13)
 
 
-@pytest.fixture
-def run(tmp_path, studies) -> Path:
-    png(studies / "b.png", 2)
-    out = tmp_path / "run"
-    assert medvlm(*batch_args(studies, out)).returncode == 0
+@pytest.fixture(scope="module")
+def base_run(tmp_path_factory, demo_model_dir) -> Path:
+    """One finished demo run of two studies; each test damages its own copy (see `run`)."""
+    folder = tmp_path_factory.mktemp("user-errors-run")
+    png(folder / "studies" / "a.png", 1)
+    png(folder / "studies" / "b.png", 2)
+    out = folder / "run"
+    assert medvlm(*batch_args(folder / "studies", out)).returncode == 0
     return out
+
+
+@pytest.fixture
+def run(base_run, tmp_path) -> Path:
+    shutil.copytree(base_run, tmp_path / "run")
+    return tmp_path / "run"
 
 
 @pytest.mark.parametrize("damage", ["{not json", "[1, 2]", '{"study": 3}'])

@@ -13,9 +13,9 @@ from medvlm.errors import UsageProblem
 from medvlm.fileio import atomic_write_text, writable_file_problem
 from medvlm.findings.extract import extract
 from medvlm.findings.vocabulary import Vocabulary, load_vocabulary
+from medvlm.records import MODALITIES
 
 OUTPUT_COLUMNS = ["id", "code", "label", "status", "severity", "laterality", "change", "cue", "evidence", "start", "end"]
-MODALITIES = ("chest_xray", "ct", "mri")
 DEFAULT_ENCODING = "utf-8-sig"  # UTF-8, with or without the byte-order mark spreadsheets write
 
 
