@@ -21,7 +21,6 @@ Layout:
 from __future__ import annotations
 
 import argparse
-import csv
 import json
 import shutil
 import sys
@@ -41,7 +40,7 @@ from pydicom.uid import (
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from medvlm.phantoms import PhantomStudy, render_view, sample_study, truth_row
+from medvlm.phantoms import TRUTH_NAME, PhantomStudy, render_view, sample_study, write_truth
 
 SIDE = 320
 PHANTOM_SEED = 4242  # neither the phantom model's training seed (1000) nor the benchmark's (7)
@@ -212,12 +211,8 @@ def make(out: Path) -> list[Path]:
     written += [png, sidecar]
 
     # What each study shows, in the phantom truth format (medvlm evaluate reads it).
-    truth = out / "truth.csv"
-    with open(truth, "w", newline="", encoding="utf-8") as fh:
-        writer = csv.DictWriter(fh, fieldnames=("study", "findings", "details"), lineterminator="\n")
-        writer.writeheader()
-        for name in sorted(shows):
-            writer.writerow({**truth_row(shows[name]), "study": name})
+    truth = out / TRUTH_NAME
+    write_truth(truth, [replace(study, name=name) for name, study in shows.items()])
     written.append(truth)
     return written
 

@@ -16,6 +16,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pandas as pd
 import pytest
 
 from medvlm import csvsafe
@@ -35,15 +36,6 @@ def _medvlm(*args, cwd: Path, timeout: int = 300) -> subprocess.CompletedProcess
 def _csv_rows(path: Path) -> list[dict]:
     with open(path, newline="", encoding="utf-8") as fh:
         return list(csv.DictReader(fh))
-
-
-def _pandas():
-    try:
-        import pandas as pd
-    except ImportError:
-        print("pandas not installed: the pandas read-back checks are skipped")
-        return None
-    return pd
 
 
 def _assert_no_formula_cells(rows: list[dict]) -> None:
@@ -75,9 +67,7 @@ def test_cr_and_lf_inside_cells_are_quoted_and_records_end_in_lf():
     assert text.count("\n") - sum(r["a"].count("\n") for r in rows) == 4  # header + 3 records, LF-terminated
     back = [{k: csvsafe.restore(v) for k, v in r.items()} for r in csv.DictReader(io.StringIO(text, newline=""))]
     assert back == rows
-    pd = _pandas()
-    if pd is not None:
-        assert len(pd.read_csv(io.StringIO(text))) == 3
+    assert len(pd.read_csv(io.StringIO(text))) == 3
 
 
 # ---------------------------------------------------------------- summary.csv and export through the real CLI
@@ -109,11 +99,9 @@ def test_summary_csv_neutralises_file_names_and_keeps_one_row_per_study(hostile_
     assert {"@SUM(A1).png", "+1+2.png", "-2+3.png", "a\rb.png"} <= sources
     assert any(s.startswith("=cmd|' ") for s in sources)
     assert sources == {r["source"] for r in csvsafe.read_rows(out / "summary.csv")}
-    pd = _pandas()
-    if pd is not None:
-        frame = pd.read_csv(out / "summary.csv", dtype=str, keep_default_na=False)
-        assert len(frame) == n
-        assert set(csvsafe.read_csv(out / "summary.csv", dtype=str, keep_default_na=False)["source"]) == sources
+    frame = pd.read_csv(out / "summary.csv", dtype=str, keep_default_na=False)
+    assert len(frame) == n
+    assert set(csvsafe.read_csv(out / "summary.csv", dtype=str, keep_default_na=False)["source"]) == sources
 
 
 def test_export_csv_with_phi_is_neutralised_and_jsonl_keeps_raw_text(hostile_run):
@@ -127,9 +115,7 @@ def test_export_csv_with_phi_is_neutralised_and_jsonl_keeps_raw_text(hostile_run
     assert "@SUM(A1).png" in raw and "a\rb.png" in raw
     for table in ("findings", "reviews"):
         _assert_no_formula_cells(_csv_rows(root / "csv" / f"{table}.csv"))
-    pd = _pandas()
-    if pd is not None:
-        assert len(pd.read_csv(root / "csv" / "studies.csv")) == n
+    assert len(pd.read_csv(root / "csv" / "studies.csv")) == n
     proc = _medvlm("export", out, "--format", "jsonl", "--include-phi", "--out", root / "jsonl", cwd=root)
     assert proc.returncode == 0, proc.stderr
     lines = (root / "jsonl" / "studies.jsonl").read_text(encoding="utf-8").splitlines()
@@ -137,8 +123,6 @@ def test_export_csv_with_phi_is_neutralised_and_jsonl_keeps_raw_text(hostile_run
 
 
 def test_export_parquet_keeps_raw_text(hostile_run):
-    pytest.importorskip("pyarrow", reason="pyarrow not installed: parquet export not available")
-    pd = pytest.importorskip("pandas")
     _, out, root, n = hostile_run
     proc = _medvlm("export", out, "--format", "parquet", "--include-phi", "--out", root / "pq", cwd=root)
     assert proc.returncode == 0, proc.stderr
@@ -170,6 +154,4 @@ def test_extract_neutralises_evidence_and_ids_and_pandas_reads_every_row(tmp_pat
     assert any(r["evidence"].startswith("=cmd|' /C calc'!A0") for r in restored)
     assert any(r["evidence"].startswith("+SUM(1)") for r in restored)
     assert any("\r" in r["evidence"] for r in restored)  # a bare CR inside a quoted cell, still one row
-    pd = _pandas()
-    if pd is not None:
-        assert len(pd.read_csv(out, dtype=str, keep_default_na=False)) == reported
+    assert len(pd.read_csv(out, dtype=str, keep_default_na=False)) == reported

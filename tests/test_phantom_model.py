@@ -64,7 +64,7 @@ def test_phantom_tokenizer_writes_report_text_with_normal_spacing():
         assert tokenizer.unk_token_id not in ids
 
 
-def test_cli_phantom_model_reads_the_sample_phantoms_and_every_output_says_what_it_is(tmp_path):
+def test_cli_phantom_model_reads_the_sample_phantoms_right_and_every_output_says_what_it_is(tmp_path):
     pypdf = pytest.importorskip("pypdf")
     out = tmp_path / "run"
     proc = _medvlm("batch", str(SAMPLES), "--modality", "chest_xray", "--model", "phantom", "--out", str(out))
@@ -91,29 +91,13 @@ def test_cli_phantom_model_reads_the_sample_phantoms_and_every_output_says_what_
         name = row["source"].split("/")[0]
         found[name] = {f["code"] for f in doc["findings"] if f["status"] == "present"} - {"no_finding"}
     assert PHANTOM_NOTICE in (out / "index.html").read_text(encoding="utf-8")
-    normal = [name for name, codes in truth.items() if not codes]
-    assert normal and all(found[name] == set() for name in normal)  # normal phantoms are read as normal
+    # The six sample phantoms (seed 4242, never trained on) carry a mass, a pneumothorax, an effusion with
+    # cardiomegaly and a consolidation, and two are normal; the shipped model reads every one right with
+    # the default flags (what `make run` shows). Its accuracy on 200 fresh phantoms is bench_phantom's job.
+    assert found == truth
 
     proc = _medvlm("evaluate", str(out), "--truth", str(SAMPLES / "truth.csv"))
     assert proc.returncode == 0, proc.stderr[-2000:]
     evaluation = json.loads((out / "evaluation.json").read_text(encoding="utf-8"))
     assert evaluation["counts"]["evaluated_studies"] == 6 and evaluation["model_notice"] == PHANTOM_NOTICE
     assert "evaluation.html" in (out / "index.html").read_text(encoding="utf-8")
-    (tmp_path / "found.json").write_text(json.dumps({k: sorted(v) for k, v in found.items()}))
-
-
-def test_cli_phantom_model_finds_the_findings_of_the_sample_phantoms(tmp_path):
-    # The six sample phantoms (seed 4242, never trained on) carry a mass, a pneumothorax, an effusion with
-    # cardiomegaly and a consolidation, and two are normal; the shipped model reads every one right with
-    # the default flags (what `make run` shows). Its accuracy on 200 fresh phantoms is bench_phantom's job.
-    out = tmp_path / "run"
-    proc = _medvlm("batch", str(SAMPLES), "--modality", "chest_xray", "--model", "phantom", "--out", str(out), "--no-pdf")
-    assert proc.returncode == 0, proc.stderr[-2000:]
-    truth = _truth(SAMPLES / "truth.csv")
-    with open(out / "summary.csv", newline="") as fh:
-        rows = list(csv.DictReader(fh))
-    found = {}
-    for row in rows:
-        doc = json.loads((out / row["report"]).read_text(encoding="utf-8"))
-        found[row["source"].split("/")[0]] = {f["code"] for f in doc["findings"] if f["status"] == "present"} - {"no_finding"}
-    assert found == truth
