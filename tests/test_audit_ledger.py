@@ -2,9 +2,14 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
+import os
+import signal
 
-from medvlm.audit.ledger import GENESIS, LedgerWriter, read_ledger, record_hash
+import pytest
+
+from medvlm.audit.ledger import GENESIS, LedgerChanged, LedgerWriter, read_ledger, record_hash
 from medvlm.models.checkpoint import weights_digest
 
 
@@ -79,6 +84,64 @@ def test_torn_tail_is_reported_then_repaired_without_breaking_the_chain(tmp_path
     state = read_ledger(path)
     assert not state.problems
     assert [r["kind"] for r in state.records][-2:] == ["repair", "attempt"]
+
+
+@contextlib.contextmanager
+def _ctrl_c_after_write(fraction=1.0):
+    """Deliver a real SIGINT to this process right after the ledger's write() of `fraction` of a line.
+
+    Python raises KeyboardInterrupt at the next bytecode, before the writer notes its new head: the
+    window a Ctrl-C hit in the Ray batch of stop 20's CI run.
+    """
+    real_write = os.write
+
+    def write_then_interrupt(fd, data):
+        written = real_write(fd, bytes(data)[: max(1, int(len(data) * fraction))])
+        os.kill(os.getpid(), signal.SIGINT)
+        return written
+
+    os.write = write_then_interrupt
+    try:
+        yield
+    finally:
+        os.write = real_write
+
+
+def test_ctrl_c_between_a_write_and_its_bookkeeping_does_not_break_the_chain(tmp_path):
+    path = _ledger(tmp_path, 2)
+    writer = LedgerWriter(read_ledger(path), torn_dir=tmp_path / "torn")
+    with pytest.raises(KeyboardInterrupt), _ctrl_c_after_write():
+        writer.append({"kind": "attempt", "study_key": "k2", "status": "ok"})
+    writer.append({"kind": "run_end", "completed": False})  # what the batch writes on its way out
+    state = read_ledger(path)
+    assert not state.problems
+    assert [r["kind"] for r in state.records] == ["attempt"] * 3 + ["run_end"]
+    assert [r["seq"] for r in state.records] == [0, 1, 2, 3]
+
+
+def test_ctrl_c_in_the_middle_of_a_write_leaves_a_repaired_tail_not_a_broken_line(tmp_path):
+    path = _ledger(tmp_path, 2)
+    writer = LedgerWriter(read_ledger(path), torn_dir=tmp_path / "torn")
+    with pytest.raises(KeyboardInterrupt), _ctrl_c_after_write(0.5):
+        writer.append({"kind": "attempt", "study_key": "k2", "status": "ok"})
+    writer.append({"kind": "run_end", "completed": False})
+    state = read_ledger(path)
+    assert not state.problems
+    assert [r["kind"] for r in state.records] == ["attempt", "attempt", "repair", "run_end"]
+    saved = tmp_path / "torn"
+    assert [f.read_bytes()[:9] for f in saved.iterdir()] == [b'{"hash":"'] and b'"study_key":"k2"' not in path.read_bytes()
+
+
+def test_a_writer_stops_when_the_ledger_was_edited_under_it(tmp_path):
+    path = _ledger(tmp_path, 3)
+    writer = LedgerWriter(read_ledger(path), torn_dir=tmp_path / "torn")
+    lines = path.read_text().splitlines()
+    lines[0] = lines[0].replace('"status":"ok"', '"status":"error"')
+    path.write_text("\n".join(lines) + "\n")
+    before = path.read_bytes()
+    with pytest.raises(LedgerChanged, match="line 1: record content does not match its hash"):
+        writer.append({"kind": "run_end"})
+    assert path.read_bytes() == before
 
 
 def test_weights_digest_is_cached_and_follows_content(tmp_path, monkeypatch):

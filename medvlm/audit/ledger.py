@@ -27,6 +27,7 @@ import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from ..errors import RunBusy
 from ..fileio import _fsync_dir, atomic_write_bytes
 
 LEDGER_NAME = "ledger.jsonl"
@@ -128,6 +129,10 @@ def read_ledger(path: Path, previous: LedgerState | None = None) -> LedgerState:
     return state
 
 
+class LedgerChanged(RunBusy):
+    """The ledger no longer holds the chain this writer appended (someone else wrote it): exit code 2."""
+
+
 class LedgerWriter:
     """Appends records to a ledger whose chain was read by read_ledger (the caller holds the run lock)."""
 
@@ -137,12 +142,14 @@ class LedgerWriter:
         self.seq = len(state.records)
         self._torn_dir = Path(torn_dir)
         self._state = state
+        self._size = state.good_bytes + len(state.torn)  # what the file's length is after our last append
 
     def repair_torn_tail(self) -> dict | None:
         """Move bytes after the last newline aside, truncate, and append a `repair` record."""
         torn = self._state.torn
         if not torn:
             return None
+        self._size = self._state.good_bytes
         digest = hashlib.sha256(torn).hexdigest()
         saved = self._torn_dir / f"ledger-offset{self._state.good_bytes}-{digest[:12]}.part"
         atomic_write_bytes(saved, torn)
@@ -162,6 +169,8 @@ class LedgerWriter:
 
     def append(self, fields: dict) -> dict:
         """Chain, hash and durably append one record; returns it as written."""
+        if self._file_size() != self._size:
+            self._resync()
         record = {**fields, "seq": self.seq, "prev": self.head}
         record["hash"] = record_hash(record)
         line = canonical(record) + b"\n"
@@ -172,13 +181,36 @@ class LedgerWriter:
             while view:
                 written = os.write(fd, view)
                 view = view[written:]
+            self.head, self.seq, self._size = record["hash"], self.seq + 1, self._size + len(line)
             os.fsync(fd)
         finally:
             os.close(fd)
         if new_file:
             _fsync_dir(self.path.parent)
-        self.head, self.seq = record["hash"], self.seq + 1
         return record
+
+    def _file_size(self) -> int:
+        try:
+            return self.path.stat().st_size
+        except FileNotFoundError:
+            return 0
+
+    def _resync(self) -> None:
+        """Take the head from the file when an earlier append was cut off between its write and the bookkeeping.
+
+        Ctrl-C (KeyboardInterrupt) can land after a record's bytes reached the file and before the head
+        moved on; chaining the next record (the run's `run_end`) to the stale head would break the
+        chain for good. The lines we wrote are re-read and checked; a half-written line is moved aside
+        like any torn tail. Anything else wrong means another writer, and nothing more is appended.
+        """
+        previous = self._state if not self._state.problems else None
+        state = read_ledger(self.path, previous)
+        bad = [p for p in state.problems if p.kind != "torn_tail"]
+        if bad:
+            raise LedgerChanged(f"{self.path} line {bad[0].line}: {bad[0].message}; it changed while this run held it")
+        self._state, self.head, self.seq = state, state.head, len(state.records)
+        self._size = state.good_bytes + len(state.torn)
+        self.repair_torn_tail()
 
 
 def latest_attempts(records: list[dict]) -> dict[str, dict]:
