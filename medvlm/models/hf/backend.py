@@ -38,7 +38,8 @@ class HFBackend(BackendBase):
         images_per_study: int = 2,
         check_memory: bool = True,
     ):
-        options.HFOptions(device=device, dtype=dtype, quant=quant).check()
+        requested = options.HFOptions(device=device, dtype=dtype, quant=quant)
+        requested.check()
         resolved = resolve(name_or_path)
         local_dir = resolved.local_dir
         if resolved.random:
@@ -51,16 +52,15 @@ class HFBackend(BackendBase):
 
         hf_logging.set_verbosity_error()
         hf_logging.disable_progress_bar()
-        dev = options.pick_device(device)
-        mode = options.pick_quant(quant, dev)
         model_type = _model_type(local_dir)
-        torch_dtype = options.pick_dtype(dtype, dev, mode, model_type)
+        chosen = options.resolve_options(requested, model_type)  # refuses pairs this device cannot run
+        dev, mode, torch_dtype = chosen.device, chosen.quant, getattr(torch, chosen.dtype)
         estimate = None
         if check_memory:
             from ..memory import check_model_fits
 
             estimate = check_model_fits(
-                Path(local_dir), model=resolved.name, dtype=str(torch_dtype).replace("torch.", ""), quant=mode,
+                Path(local_dir), model=resolved.name, dtype=chosen.dtype, quant=mode,
                 device=dev, batch_size=batch_size, max_new_tokens=max_new_tokens, images_per_study=images_per_study,
             )
         kwargs: dict = {"dtype": torch_dtype}
@@ -74,13 +74,7 @@ class HFBackend(BackendBase):
             kwargs["quantization_config"] = options.bnb_config(mode, torch_dtype)
             quant_desc = "int8 (bitsandbytes LLM.int8)" if mode == "int8" else "nf4 (bitsandbytes 4-bit)"
             kwargs["device_map"] = dev
-        elif mode == "int4" and not dev.startswith("cuda"):
-            raise ModelUnavailable(
-                "--quant int4 needs a CUDA GPU with bitsandbytes (nf4); on CPU use --quant int8 or --quant none."
-            )
         elif cpu_int8:
-            if torch_dtype != torch.float32:
-                raise ModelUnavailable("--quant int8 on CPU needs --dtype float32 or auto (dynamic int8 computes in fp32).")
             # Load at half width and convert one decoder layer at a time, so fp32 and int8 copies
             # of the whole language model never coexist (peak = bf16 model + one fp32 layer).
             kwargs["dtype"] = torch.bfloat16
@@ -131,14 +125,12 @@ class HFBackend(BackendBase):
             revision=resolved.revision or meta.get("spec_digest"),
             random_weights=bool(meta.get("random_weights")),
             phantom=phantom,
-            dtype=str(torch_dtype).replace("torch.", ""),
+            dtype=chosen.dtype,
             quantization=quant_desc,
             device=dev,
             weights_digest=weights_digest(local_dir),
             backend="hf",
-            identity=hf_identity(
-                resolved.name, options.ResolvedOptions(dev, str(torch_dtype).replace("torch.", ""), mode), model_type
-            ),
+            identity=hf_identity(resolved.name, chosen, model_type),
             parameters=sum(p.numel() for p in model.parameters()),
             details={
                 "architecture": type(model).__name__,
