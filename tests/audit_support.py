@@ -1,4 +1,4 @@
-"""Helpers shared by the audit tests (test_audit*, test_resume*, test_verify*, test_export*)."""
+"""Helpers shared by the tests that drive the real CLI (audit, resume, verify, export, user errors, hostile inputs)."""
 
 from __future__ import annotations
 
@@ -13,12 +13,18 @@ import numpy as np
 from PIL import Image
 
 
+def png(path: Path, seed: int = 0, size: int = 64) -> Path:
+    """A small grey noise PNG at path (its folder made)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    Image.fromarray(np.random.default_rng(seed).integers(0, 255, (size, size), dtype=np.uint8), mode="L").save(path)
+    return path
+
+
 def make_png_studies(root: Path, n: int = 6, size: int = 96) -> Path:
     """n single-image studies: one small grey PNG each, in the folder root (each file is a study)."""
     root.mkdir(parents=True, exist_ok=True)
     for i in range(n):
-        rng = np.random.default_rng(i)
-        Image.fromarray(rng.integers(0, 255, (size, size), dtype=np.uint8), mode="L").save(root / f"cxr-{i:02d}.png")
+        png(root / f"cxr-{i:02d}.png", seed=i, size=size)
     return root
 
 
@@ -52,8 +58,17 @@ def medvlm_cmd(*args: str) -> list[str]:
     return [sys.executable, "-m", "medvlm", *args]
 
 
-def run_medvlm(*args: str, timeout: float = 300) -> subprocess.CompletedProcess:
-    return subprocess.run(medvlm_cmd(*args), capture_output=True, text=True, env=dict(os.environ), timeout=timeout)
+def run_medvlm(*args, env: dict | None = None, cwd: Path | None = None, timeout: float = 300) -> subprocess.CompletedProcess:
+    """The real CLI in a subprocess, bounded in time; `env` adds to this process's environment."""
+    return subprocess.run(medvlm_cmd(*map(str, args)), capture_output=True, text=True, timeout=timeout, cwd=cwd,
+                          env={**os.environ, **(env or {})})
+
+
+def cli(*args, env: dict | None = None, cwd: Path | None = None, timeout: float = 300) -> subprocess.CompletedProcess:
+    """run_medvlm, and no command may print a traceback."""
+    proc = run_medvlm(*args, env=env, cwd=cwd, timeout=timeout)
+    assert "Traceback" not in proc.stdout + proc.stderr, proc.stderr[-3000:]
+    return proc
 
 
 def read_summary(out: Path) -> list[dict]:

@@ -12,10 +12,10 @@ from __future__ import annotations
 import hashlib
 import os
 import subprocess
-import sys
 import time
 from pathlib import Path
 
+from audit_support import medvlm_cmd  # noqa: F401 - the review tests take it from here
 from medvlm.config import RunConfig
 from medvlm.models.base import BackendBase, ModelInfo
 from medvlm.records import ModelOutput
@@ -80,10 +80,6 @@ def make_run(tmp: Path, *, include_phi: bool = False, answers: dict[int, str] | 
     run_batch(RunConfig(studies=studies, out=out, model="scripted-reader", write_pdf=False, include_phi=include_phi),
               backend=ScriptBackend(answers or ANSWERS))
     return out
-
-
-def medvlm_cmd(*args: str) -> list[str]:
-    return [sys.executable, "-m", "medvlm", *args]
 
 
 def env() -> dict:

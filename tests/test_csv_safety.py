@@ -10,15 +10,14 @@ from __future__ import annotations
 import csv
 import io
 import json
-import os
 import shutil
 import subprocess
-import sys
 from pathlib import Path
 
 import pandas as pd
 import pytest
 
+from audit_support import cli
 from medvlm import csvsafe
 
 SAMPLE_PNG = Path(__file__).resolve().parent.parent / "sample_data" / "studies" / "png_study_001" / "chest.png"
@@ -27,10 +26,7 @@ HOSTILE = ["=cmd|' /C calc'!A0", "@SUM(A1)", "+1+2", "-2+3", "\tTAB", "\rCR", "'
 
 
 def _medvlm(*args, cwd: Path, timeout: int = 300) -> subprocess.CompletedProcess:
-    proc = subprocess.run([sys.executable, "-m", "medvlm", *map(str, args)], cwd=cwd, capture_output=True, text=True,
-                          timeout=timeout, env=os.environ.copy())
-    assert "Traceback" not in proc.stdout + proc.stderr, proc.stderr[-3000:]
-    return proc
+    return cli(*args, cwd=cwd, timeout=timeout)
 
 
 def _csv_rows(path: Path) -> list[dict]:

@@ -9,28 +9,17 @@ import os
 import time
 from pathlib import Path
 
-import numpy as np
 import pytest
-from PIL import Image
 
-from audit_support import attempts, batch_args, read_summary, run_medvlm
+from audit_support import attempts, batch_args, cli, png, read_summary
 
 pytestmark = pytest.mark.usefixtures("demo_model_dir")  # built once per session, before the timed runs
 
 TIMEOUT = 180  # seconds per command: a hang fails the test instead of stalling the suite
 
 
-def png(path: Path, seed: int = 0, size: int = 64) -> Path:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    Image.fromarray(np.random.default_rng(seed).integers(0, 255, (size, size), dtype=np.uint8), mode="L").save(path)
-    return path
-
-
 def medvlm(*args: str, timeout: float = TIMEOUT):
-    """Run the real CLI in a subprocess; no command may print a traceback."""
-    proc = run_medvlm(*args, timeout=timeout)
-    assert "Traceback" not in proc.stderr and "Traceback" not in proc.stdout, proc.stderr[-3000:]
-    return proc
+    return cli(*args, timeout=timeout)
 
 
 def batch(studies: Path, out: Path, *extra: str):

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from test_review_browser import chromium
+from browser_support import chromium
 
 from medvlm.report.index import write_index
 

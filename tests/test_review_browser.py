@@ -10,40 +10,14 @@ import json
 import os
 import re
 import shutil
-from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
 
 from medvlm.audit.ledger import read_ledger
 from medvlm.audit.verify import verify_run
+from browser_support import chromium
 from review_support import ReviewProcess, make_run
-
-CHROMIUM = Path(os.environ.get("MEDVLM_CHROMIUM", "/usr/bin/chromium"))
-ARGS = ["--no-sandbox", "--headless", "--disable-gpu", "--disable-background-networking", "--disable-component-update",
-        "--disable-sync", "--no-first-run"]
-
-
-def _missing(reason: str):
-    # CI sets MEDVLM_REQUIRE_BROWSER=1 (.ci/run installs chromium): there a missing browser is a failure, not a skip.
-    (pytest.fail if os.environ.get("MEDVLM_REQUIRE_BROWSER") == "1" else pytest.skip)(reason)
-
-
-@contextmanager
-def chromium():
-    if not CHROMIUM.is_file():
-        _missing(f"{CHROMIUM} not found (apt-get install chromium); the browser tests need Debian's chromium")
-    try:
-        from playwright.sync_api import sync_playwright
-    except ImportError:
-        _missing("the playwright package is not installed (pip install playwright; its browser download is not used)")
-    with sync_playwright() as p:
-        browser = p.chromium.launch(executable_path=str(CHROMIUM), args=ARGS)
-        try:
-            yield browser
-        finally:
-            browser.close()
-
 
 @pytest.fixture(scope="module")
 def base_run(tmp_path_factory) -> Path:

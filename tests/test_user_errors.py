@@ -14,15 +14,12 @@ import os
 import shutil
 import signal
 import subprocess
-import sys
 import time
 from pathlib import Path
 
-import numpy as np
 import pytest
-from PIL import Image
 
-from audit_support import batch_args, medvlm_cmd
+from audit_support import batch_args, cli, medvlm_cmd, png
 from medvlm.csvsafe import read_rows
 
 pytestmark = pytest.mark.usefixtures("demo_model_dir")  # built once, before the bounded runs
@@ -33,11 +30,7 @@ TIMEOUT = 180  # seconds per command: a hang fails the test instead of stalling 
 
 
 def medvlm(*args, env: dict | None = None, cwd: Path | None = None, timeout: float = TIMEOUT) -> subprocess.CompletedProcess:
-    """The real CLI in a subprocess; no command may print a traceback."""
-    proc = subprocess.run(medvlm_cmd(*map(str, args)), capture_output=True, text=True, timeout=timeout, cwd=cwd,
-                          env={**os.environ, **(env or {})})
-    assert "Traceback" not in proc.stdout + proc.stderr, proc.stderr[-3000:]
-    return proc
+    return cli(*args, env=env, cwd=cwd, timeout=timeout)
 
 
 def one_line_error(proc: subprocess.CompletedProcess, *needles: str) -> str:
@@ -49,12 +42,6 @@ def one_line_error(proc: subprocess.CompletedProcess, *needles: str) -> str:
         assert needle in lines[0], (needle, lines[0])
     assert "━" not in proc.stderr and proc.stdout.strip() == ""
     return lines[0]
-
-
-def png(path: Path, seed: int = 0, size: int = 64) -> Path:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    Image.fromarray(np.random.default_rng(seed).integers(0, 255, (size, size), dtype=np.uint8), mode="L").save(path)
-    return path
 
 
 @pytest.fixture
