@@ -19,7 +19,7 @@ from pathlib import Path
 
 import pytest
 
-from audit_support import batch_args, cli, medvlm_cmd, png
+from audit_support import attempts, batch_args, cli, make_png_studies, medvlm_cmd, png
 from medvlm.csvsafe import read_rows
 
 pytestmark = pytest.mark.usefixtures("demo_model_dir")  # built once, before the bounded runs
@@ -253,6 +253,35 @@ def test_ctrl_c_exits_130_with_a_resume_line(tmp_path, studies):
     assert "interrupted — rerun the same command to resume" in stderr
     last = json.loads((out / "ledger.jsonl").read_text(encoding="utf-8").splitlines()[-1])
     assert last["kind"] == "run_end" and last["completed"] is False
+
+
+def test_ctrl_c_leaves_no_report_without_its_ledger_record_and_the_rerun_completes(tmp_path):
+    """Reports queued behind the model when Ctrl-C lands are dropped or recorded, never left unrecorded."""
+    studies = make_png_studies(tmp_path / "studies", 16)
+    out = tmp_path / "out"
+    # With the PDF on, rendering is slower than the demo model: reports queue behind it.
+    args = ["batch", str(studies), "--modality", "chest_xray", "--model", "demo", "--out", str(out),
+            "--max-new-tokens", "8", "--batch-size", "2"]
+    proc = subprocess.Popen(medvlm_cmd(*args), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            env=dict(os.environ), preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
+    try:
+        deadline = time.monotonic() + TIMEOUT
+        while len(attempts(out)) < 2 and time.monotonic() < deadline and proc.poll() is None:
+            time.sleep(0.05)
+        assert proc.poll() is None, "the batch ended before it could be interrupted"
+        proc.send_signal(signal.SIGINT)
+        _, stderr = proc.communicate(timeout=TIMEOUT)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert proc.returncode == 130, stderr[-2000:]
+    recorded = {r["study_key"] for r in attempts(out)}
+    on_disk = {p.parent.name for p in out.glob("*/report.json")}
+    assert 2 <= len(recorded) < 16 and on_disk <= recorded, (sorted(on_disk - recorded), len(recorded))
+    check = medvlm("verify", out)
+    assert check.returncode == 0, check.stdout[-2000:]
+    assert medvlm(*args).returncode == 0
+    assert medvlm("verify", out).returncode == 0 and len({p.parent.name for p in out.glob("*/report.json")}) == 16
 
 
 # ------------------------------------------------------------------ help text (item 15)

@@ -89,39 +89,52 @@ class LocalExecutor:
             def drain(block: bool, keep: int = 0) -> None:
                 """Emit finished reports; with block, wait until at most `keep` are still pending."""
                 while pending and (pending[0][1].done() or (block and len(pending) > keep)):
-                    w, fut = pending.popleft()
+                    w, fut = pending[0]
                     t_wait = time.perf_counter()
                     result = fut.result()  # finish_and_write never raises
+                    pending.popleft()  # only now: a Ctrl-C while waiting leaves it to the handler below
                     add(stats, render_wait_s=time.perf_counter() - t_wait)
                     add(stats, **{f"{s}_s": w.timings.stages.get(s, 0.0) for s in STAGE_STATS})
                     sink.emit(result)
 
-            batches = chunks(refs, batch_size)
-            next_chunk = next(batches, None)
-            future = prefetch.submit(prepare_chunk, next_chunk, job) if next_chunk else None
-            while future is not None:
-                t_wait = time.perf_counter()
-                errors, ready, prepared = future.result()  # ModelUnavailable from a lazy load propagates
-                add(stats, prefetch_wait_s=time.perf_counter() - t_wait)
+            try:
+                batches = chunks(refs, batch_size)
                 next_chunk = next(batches, None)
                 future = prefetch.submit(prepare_chunk, next_chunk, job) if next_chunk else None
-                for err in errors:
-                    sink.emit(stages.error_result(err))
-                if not ready:
-                    drain(False)
+                while future is not None:
+                    t_wait = time.perf_counter()
+                    errors, ready, prepared = future.result()  # ModelUnavailable from a lazy load propagates
+                    add(stats, prefetch_wait_s=time.perf_counter() - t_wait)
+                    next_chunk = next(batches, None)
+                    future = prefetch.submit(prepare_chunk, next_chunk, job) if next_chunk else None
+                    for err in errors:
+                        sink.emit(stages.error_result(err))
+                    if not ready:
+                        drain(False)
+                        sink.flush()
+                        continue
+                    backend: Backend = job.backend
+                    answered = model_stage(job, ready, prepared)
+                    for w, output in answered:
+                        if isinstance(output, BaseException):
+                            drain(True)  # keep rows in completion order
+                            sink.emit(stages.error_result(StudyError(w.study.ref, "model", one_line(output))))
+                        else:
+                            pending.append((w, render.submit(finish_and_write, out, w, output, backend.info, job)))
+                    del ready, prepared, answered  # images and pixel tensors live only as long as their reports
+                    # Backpressure: if reports fall behind the model, wait rather than hold more images in memory.
+                    drain(True, keep=2 * batch_size)
                     sink.flush()
-                    continue
-                backend: Backend = job.backend
-                answered = model_stage(job, ready, prepared)
-                for w, output in answered:
-                    if isinstance(output, BaseException):
-                        drain(True)  # keep rows in completion order
-                        sink.emit(stages.error_result(StudyError(w.study.ref, "model", one_line(output))))
-                    else:
-                        pending.append((w, render.submit(finish_and_write, out, w, output, backend.info, job)))
-                del ready, prepared, answered  # images and pixel tensors live only as long as their reports
-                # Backpressure: if reports fall behind the model, wait rather than hold more images in memory.
-                drain(True, keep=2 * batch_size)
+                drain(True)
+            except KeyboardInterrupt:
+                # Ctrl-C: reports not yet started are dropped (no files, no record: the rerun does them);
+                # the one being written finishes, and every finished report is recorded, so that no
+                # report.json is left without its ledger record.
+                prefetch.shutdown(wait=False, cancel_futures=True)
+                render.shutdown(wait=True, cancel_futures=True)
+                for _, fut in pending:
+                    if not fut.cancelled():
+                        sink.emit(fut.result())
                 sink.flush()
-            drain(True)
+                raise
         return job.backend.info if job.backend is not None else None
