@@ -228,26 +228,37 @@ def test_reusing_out_for_another_studies_set_warns(tmp_path):
     assert "warning" in again.stderr  # said every time the folder is reused this way
 
 
-def test_ctrl_c_exits_130_with_a_resume_line(tmp_path, studies):
-    png(studies / "b.png", 2)
-    png(studies / "c.png", 3)
-    out = tmp_path / "out"
+def ctrl_c_when(args: list[str], ready) -> tuple[subprocess.Popen, str, str]:
+    """Start `medvlm *args`, send SIGINT (Ctrl-C) once ready() is true, and return (proc, stdout, stderr)."""
     proc = subprocess.Popen(
-        medvlm_cmd(*batch_args(studies, out, "--max-new-tokens", "4000", "--ignore-eos")),
-        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=dict(os.environ),
+        medvlm_cmd(*args), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=dict(os.environ),
         preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),  # a test runner may ignore SIGINT
     )
     try:
         deadline = time.monotonic() + TIMEOUT
-        while not (out / "ledger.jsonl").is_file() and time.monotonic() < deadline and proc.poll() is None:
-            time.sleep(0.1)
-        time.sleep(2.0)  # inside the model loop
+        while not ready() and time.monotonic() < deadline and proc.poll() is None:
+            time.sleep(0.05)
         assert proc.poll() is None, "the batch ended before it could be interrupted"
         proc.send_signal(signal.SIGINT)
         stdout, stderr = proc.communicate(timeout=TIMEOUT)
     finally:
         if proc.poll() is None:
             proc.kill()
+    return proc, stdout, stderr
+
+
+def test_ctrl_c_exits_130_with_a_resume_line(tmp_path, studies):
+    png(studies / "b.png", 2)
+    png(studies / "c.png", 3)
+    out = tmp_path / "out"
+    def in_the_model_loop():
+        if not (out / "ledger.jsonl").is_file():
+            return False
+        time.sleep(2.0)
+        return True
+
+    proc, stdout, stderr = ctrl_c_when(batch_args(studies, out, "--max-new-tokens", "4000", "--ignore-eos"),
+                                       in_the_model_loop)
     assert proc.returncode == 130, stderr[-2000:]
     assert "Traceback" not in stderr
     assert "interrupted — rerun the same command to resume" in stderr
@@ -262,18 +273,7 @@ def test_ctrl_c_leaves_no_report_without_its_ledger_record_and_the_rerun_complet
     # With the PDF on, rendering is slower than the demo model: reports queue behind it.
     args = ["batch", str(studies), "--modality", "chest_xray", "--model", "demo", "--out", str(out),
             "--max-new-tokens", "8", "--batch-size", "2"]
-    proc = subprocess.Popen(medvlm_cmd(*args), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                            env=dict(os.environ), preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
-    try:
-        deadline = time.monotonic() + TIMEOUT
-        while len(attempts(out)) < 2 and time.monotonic() < deadline and proc.poll() is None:
-            time.sleep(0.05)
-        assert proc.poll() is None, "the batch ended before it could be interrupted"
-        proc.send_signal(signal.SIGINT)
-        _, stderr = proc.communicate(timeout=TIMEOUT)
-    finally:
-        if proc.poll() is None:
-            proc.kill()
+    proc, _, stderr = ctrl_c_when(args, lambda: len(attempts(out)) >= 2)
     assert proc.returncode == 130, stderr[-2000:]
     recorded = {r["study_key"] for r in attempts(out)}
     on_disk = {p.parent.name for p in out.glob("*/report.json")}
