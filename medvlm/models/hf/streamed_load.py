@@ -201,7 +201,9 @@ def load_cpu_int8_streamed(local_dir, kernels: str):
             del group
             # glibc keeps the freed fp32/bf16 copies (its mmap threshold grows to 32 MB) and the
             # int8 weights allocated in between stop the heap from shrinking: hand them back per layer.
-            release_freed_memory()
+            # The replaced modules hold no reference cycles, so reference counting has freed them already.
+            release_freed_memory(collect=False)
+    release_freed_memory()
     if any(p.device.type == "meta" for p in model.parameters()) or any(b.device.type == "meta" for b in model.buffers()):
         raise StreamFallback("some tensors were left unfilled")
     model.config.name_or_path = str(local_dir)
