@@ -105,6 +105,8 @@ class HFBackend(BackendBase):
         if cpu_int8:
             quant_desc = f"{int8.quantize_cpu_int8(model)}; checkpoint {int8_load}"
             int8.release_freed_memory()
+        if dev == "cpu":
+            int8.reuse_freed_memory()
         self.model = model
         self._pixel_dtype = int8.vision_dtype(model)
         tokenizer = getattr(self.processor, "tokenizer", self.processor)
