@@ -6,7 +6,7 @@ import io
 import json
 from pathlib import Path
 
-from PIL import Image
+from PIL import Image, ImageChops
 
 from ..fileio import atomic_write_bytes
 from .html import render_report_html
@@ -19,11 +19,18 @@ def thumbnail_png(image: Image.Image, max_side: int = THUMB_MAX) -> bytes:
     """A PNG of the image exactly as the model received it (windowing applied), downscaled to fit max_side.
 
     Deterministic for the same pixels, so the bytes a remote backend sends can be the report's image-N.png.
+    An RGB image whose three channels are equal (every radiograph the ingest stage makes) is stored as
+    one grey channel: the same pixels, a third of the bytes to compress. Written at zlib level 6 without
+    PIL's optimize pass, which tried every filter and took about 3x as long for ~20% fewer bytes.
     """
     thumb = image.copy()
     thumb.thumbnail((max_side, max_side))
+    if thumb.mode == "RGB":
+        red, green, blue = thumb.split()
+        if ImageChops.difference(red, green).getbbox() is None and ImageChops.difference(red, blue).getbbox() is None:
+            thumb = red
     buf = io.BytesIO()
-    thumb.save(buf, format="PNG", optimize=True)
+    thumb.save(buf, format="PNG", compress_level=6)
     return buf.getvalue()
 
 
