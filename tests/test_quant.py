@@ -147,6 +147,7 @@ def _greedy_ids(backend, n: int = 8):
 
 def test_streamed_int8_load_matches_from_pretrained_then_quantize(monkeypatch, demo_model_dir):
     streamed = []
+    engine_before = torch.backends.quantized.engine
     real = streamed_load.load_cpu_int8_streamed
     monkeypatch.setattr(streamed_load, "load_cpu_int8_streamed", lambda *a: streamed.append(1) or real(*a))
     new = load_backend("demo", quant="int8")
@@ -161,9 +162,21 @@ def test_streamed_int8_load_matches_from_pretrained_then_quantize(monkeypatch, d
     assert _greedy_ids(new) == _greedy_ids(old)
     new_state, old_state = new.model.state_dict(), old.model.state_dict()
     assert new_state.keys() == old_state.keys()
+    packed = 0
     for key, value in old_state.items():
         if isinstance(value, torch.Tensor):  # norms, embeddings, vision tower, non-persistent-free buffers
             assert torch.equal(value, new_state[key]) and value.dtype == new_state[key].dtype, key
+        elif isinstance(value, tuple) and value and getattr(value[0], "is_quantized", False):
+            # an int8 Linear's (weight, bias): layers are converted two at a time in the streamed load
+            (wa, ba), (wb, bb) = value, new_state[key]
+            assert torch.equal(wa.int_repr(), wb.int_repr()), key
+            assert torch.equal(wa.q_per_channel_scales(), wb.q_per_channel_scales()), key
+            assert torch.equal(wa.q_per_channel_zero_points(), wb.q_per_channel_zero_points()), key
+            assert (ba is None and bb is None) or torch.equal(ba, bb), key
+            packed += 1
+    assert packed == sum(1 for _ in new.model.modules() if type(_).__name__ == "Linear" and hasattr(_, "_packed_params"))
+    assert packed > 2
+    assert torch.backends.quantized.engine == engine_before  # the load's engine switch is undone
     for (name, a), (_, b) in zip(old.model.named_buffers(), new.model.named_buffers()):  # rotary inv_freq etc.
         assert torch.equal(a, b), name
 

@@ -79,6 +79,24 @@ class HybridInt8Linear(_TorchModule):
         return (self.prefill if rows >= PREFILL_ROWS else self.decode)(x)
 
 
+def quantized_engine(kernels: str):
+    """A context in which torch's quantized engine is `kernels` (restored after)."""
+    import contextlib
+
+    import torch
+
+    @contextlib.contextmanager
+    def ctx():
+        engine = torch.backends.quantized.engine
+        torch.backends.quantized.engine = kernels
+        try:
+            yield
+        finally:
+            torch.backends.quantized.engine = engine
+
+    return ctx()
+
+
 def convert_linears(module, kernels: str) -> None:
     """Replace every nn.Linear under `module` by its int8 form, in place (each fp32 weight is freed as it goes)."""
     import torch
@@ -90,14 +108,13 @@ def convert_linears(module, kernels: str) -> None:
             child.float()
             if kernels == "hybrid":
                 new = HybridInt8Linear(child)
+            elif torch.backends.quantized.engine == kernels:  # set by the caller (threads must not flip it)
+                child.qconfig = per_channel_dynamic_qconfig
+                new = QLinear.from_float(child)
             else:
-                engine = torch.backends.quantized.engine
-                torch.backends.quantized.engine = kernels
-                try:
+                with quantized_engine(kernels):
                     child.qconfig = per_channel_dynamic_qconfig
                     new = QLinear.from_float(child)
-                finally:
-                    torch.backends.quantized.engine = engine
             setattr(module, name, new)
         else:
             convert_linears(child, kernels)

@@ -2,15 +2,19 @@
 
 from __future__ import annotations
 
+import os
 import threading
 import warnings
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
 from ..checkpoint import read_safetensors_header, safetensors_files
-from .int8 import convert_linears, language_model, release_freed_memory
+from .int8 import convert_linears, language_model, quantized_engine, release_freed_memory
 
 STREAMED_LOAD_ENV = "MEDVLM_STREAMED_LOAD"  # 0: CPU int8 loads through from_pretrained (the old, higher-peak path)
+
+LOAD_THREADS = 2  # decoder layers read and converted at once
 
 class StreamFallback(Exception):
     """The streamed CPU-int8 load cannot reproduce from_pretrained exactly here: use from_pretrained."""
@@ -189,20 +193,35 @@ def load_cpu_int8_streamed(local_dir, kernels: str):
                     with torch.no_grad():
                         target.copy_(_read_tensor(f, data_start, header[key]))
 
-    with warnings.catch_warnings():
+    def load_layer(i: int) -> None:
+        group = groups[i]
+        fill(group)
+        convert_linears(layers[i], kernels)  # bf16 -> fp32 -> int8, as _quantize_cpu_int8 does
+        for pid in group:  # the replaced Linear modules (and their fp32 weights) must not stay referenced
+            del slots[pid], params[pid]
+        group.clear()
+        # glibc keeps the freed fp32/bf16 copies (its mmap threshold grows to 32 MB) and the
+        # int8 weights allocated in between stop the heap from shrinking: hand them back per layer.
+        # The replaced modules hold no reference cycles, so reference counting has freed them already.
+        release_freed_memory(collect=False)
+
+    for i in range(len(layers)):
+        groups.setdefault(i, [])
+    # Reading, rounding and packing one layer runs mostly on one core (torch's quantize and FBGEMM's
+    # prepack are single-threaded): two layers at a time halve the load on a 2-core machine, at the
+    # cost of one more fp32 layer held at once. Hybrid kernels switch torch's global engine per Linear,
+    # so they convert one layer at a time.
+    workers = 1 if kernels == "hybrid" else min(LOAD_THREADS, os.cpu_count() or 1)
+    with warnings.catch_warnings(), quantized_engine(kernels):
         warnings.simplefilter("ignore")
         fill(groups.pop(-1, []), buffer_keys)
-        for i, layer in enumerate(layers):
-            group = groups.pop(i, [])
-            fill(group)
-            convert_linears(layer, kernels)  # bf16 -> fp32 -> int8, as _quantize_cpu_int8 does
-            for pid in group:  # the replaced Linear modules (and their fp32 weights) must not stay referenced
-                del slots[pid], params[pid]
-            del group
-            # glibc keeps the freed fp32/bf16 copies (its mmap threshold grows to 32 MB) and the
-            # int8 weights allocated in between stop the heap from shrinking: hand them back per layer.
-            # The replaced modules hold no reference cycles, so reference counting has freed them already.
-            release_freed_memory(collect=False)
+        if workers > 1:
+            with ThreadPoolExecutor(workers, thread_name_prefix="medvlm-load") as pool:
+                for _ in pool.map(load_layer, range(len(layers))):
+                    pass
+        else:
+            for i in range(len(layers)):
+                load_layer(i)
     release_freed_memory()
     if any(p.device.type == "meta" for p in model.parameters()) or any(b.device.type == "meta" for b in model.buffers()):
         raise StreamFallback("some tensors were left unfilled")
