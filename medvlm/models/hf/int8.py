@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import warnings
 
 from ...errors import ModelUnavailable
@@ -79,22 +80,16 @@ class HybridInt8Linear(_TorchModule):
         return (self.prefill if rows >= PREFILL_ROWS else self.decode)(x)
 
 
+@contextlib.contextmanager
 def quantized_engine(kernels: str):
-    """A context in which torch's quantized engine is `kernels` (restored after)."""
-    import contextlib
-
+    """torch's quantized engine is `kernels` inside, and what it was after."""
     import torch
 
-    @contextlib.contextmanager
-    def ctx():
-        engine = torch.backends.quantized.engine
-        torch.backends.quantized.engine = kernels
-        try:
-            yield
-        finally:
-            torch.backends.quantized.engine = engine
-
-    return ctx()
+    before, torch.backends.quantized.engine = torch.backends.quantized.engine, kernels
+    try:
+        yield
+    finally:
+        torch.backends.quantized.engine = before
 
 
 def convert_linears(module, kernels: str) -> None:
