@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import gc
 import json
 import os
@@ -168,6 +169,25 @@ def run_pipeline(config: RunConfig, label: str) -> RunFigures:
     )
 
 
+@contextlib.contextmanager
+def _plain_malloc():
+    """The seed loop leaves glibc's malloc as it is: its backend load does not raise the thresholds.
+
+    (Thresholds are per process: in `medvlm bench` the optimised run goes first and has set them already.)
+    """
+    from .models.hf.int8 import MALLOC_REUSE_ENV
+
+    before = os.environ.get(MALLOC_REUSE_ENV)
+    os.environ[MALLOC_REUSE_ENV] = "0"
+    try:
+        yield
+    finally:
+        if before is None:
+            os.environ.pop(MALLOC_REUSE_ENV, None)
+        else:
+            os.environ[MALLOC_REUSE_ENV] = before
+
+
 def run_seed_style(config: RunConfig, label: str = "seed-style baseline") -> RunFigures:
     """The seed article's loop: load fp32, then per study decode, preprocess, generate, write, one at a time."""
     from . import ingest
@@ -181,7 +201,7 @@ def run_seed_style(config: RunConfig, label: str = "seed-style baseline") -> Run
     out.mkdir(parents=True, exist_ok=True)
     stages = dict.fromkeys(STAGES, 0.0)
     _gpu_peak_reset()
-    with PeakRSS() as load_rss:
+    with PeakRSS() as load_rss, _plain_malloc():
         t_load = time.perf_counter()
         backend = load_backend(
             config.model, backend=config.backend, batch_size=1, max_new_tokens=config.max_new_tokens,
