@@ -57,6 +57,7 @@ def model_provenance(info: ModelInfo) -> dict:
             "weights_digest": info.weights_digest,
             "parameters": info.parameters,
             "architecture": info.details.get("architecture"),
+            "attention": info.details.get("attention"),
             "backend": info.backend,
             "identity": info.identity or None,
         },
