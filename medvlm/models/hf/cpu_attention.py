@@ -16,6 +16,7 @@ import os
 CPU_ATTENTION_ENV = "MEDVLM_CPU_ATTENTION"  # "matmul" (default) or "sdpa"
 NAME = "medvlm_cpu_bf16_matmul"
 VISION_TYPES = ("siglip_vision_model",)
+SCORES_BYTES = 64 << 20
 
 
 def matmul_attention(module, query, key, value, attention_mask, scaling=None, dropout=0.0, **kwargs):
@@ -30,11 +31,15 @@ def matmul_attention(module, query, key, value, attention_mask, scaling=None, dr
         return sdpa_attention_forward(module, query, key, value, attention_mask, scaling=scaling, dropout=dropout,
                                       **kwargs)
     scale = scaling if scaling is not None else query.shape[-1] ** -0.5
-    scores = torch.matmul(query * scale, key.transpose(-1, -2))
-    probs = torch.softmax(scores, dim=-1)
-    del scores
-    out = torch.matmul(probs, value)
-    return out.transpose(1, 2).contiguous(), None
+    batch, heads, tokens, _ = query.shape
+    # A few images at a time, so the score matrix stays near SCORES_BYTES instead of the whole batch's.
+    step = max(1, SCORES_BYTES // (heads * tokens * key.shape[-2] * query.element_size()))
+    out = torch.empty(batch, tokens, heads, value.shape[-1], dtype=query.dtype)
+    for start in range(0, batch, step):
+        part = slice(start, start + step)
+        probs = torch.softmax(torch.matmul(query[part] * scale, key[part].transpose(-1, -2)), dim=-1)
+        out[part] = torch.matmul(probs, value[part]).transpose(1, 2)
+    return out, None
 
 
 def use_for_vision(model) -> str | None:
