@@ -202,3 +202,15 @@ def test_streamed_int8_load_falls_back_when_checkpoint_keys_do_not_match(tmp_pat
     save_file(tensors, copy / "model.safetensors", metadata={"format": "pt"})
     with pytest.raises(streamed_load.StreamFallback, match="not in the checkpoint"):
         streamed_load.load_cpu_int8_streamed(copy, "fbgemm")
+
+
+def test_malloc_reuse_is_set_on_glibc_and_can_be_turned_off(monkeypatch):
+    import platform
+
+    from medvlm.models.hf import int8
+
+    monkeypatch.setenv(int8.MALLOC_REUSE_ENV, "0")
+    assert int8.reuse_freed_memory() is False
+    monkeypatch.delenv(int8.MALLOC_REUSE_ENV)
+    if platform.system() == "Linux" and platform.libc_ver()[0] == "glibc":
+        assert int8.reuse_freed_memory() is True

@@ -206,3 +206,23 @@ def test_write_rendered_writes_html_and_pdf_from_one_template_family(tmp_path):
     for needle in ("Small left pleural effusion.", "Provenance", "Prompt sent to the model", doc["study"]["key"]):
         assert needle in html and needle in pdf_text
     assert render_study_files(doc, thumbs, pdf=False).keys() == {"report.json", "report.html"}
+
+
+def test_thumbnail_of_a_grey_rgb_image_is_one_channel_with_the_same_pixels_and_colour_stays_rgb():
+    import numpy as np
+    from PIL import Image
+
+    from medvlm.report.write import thumbnail_png
+
+    rng = np.random.default_rng(3)
+    grey = rng.integers(0, 256, (300, 200), dtype=np.uint8)
+    rgb = Image.fromarray(np.stack([grey] * 3, axis=-1), "RGB")
+    back = Image.open(io.BytesIO(thumbnail_png(rgb)))
+    assert back.mode == "L" and np.array_equal(np.asarray(back.convert("RGB")), np.asarray(rgb))
+    tinted = np.stack([grey] * 3, axis=-1)
+    tinted[10, 10, 2] ^= 1  # one channel of one pixel differs: not grey
+    back = Image.open(io.BytesIO(thumbnail_png(Image.fromarray(tinted, "RGB"))))
+    assert back.mode == "RGB" and np.array_equal(np.asarray(back), tinted)
+    big = Image.fromarray(np.stack([np.tile(grey, (4, 4))] * 3, axis=-1), "RGB")  # 1200 x 800: downscaled to fit 512
+    assert Image.open(io.BytesIO(thumbnail_png(big))).size == (341, 512)
+    assert thumbnail_png(rgb) == thumbnail_png(rgb.copy())  # deterministic bytes (a remote backend sends them)
