@@ -16,6 +16,7 @@ STREAMED_LOAD_ENV = "MEDVLM_STREAMED_LOAD"  # 0: CPU int8 loads through from_pre
 
 LOAD_THREADS = 2  # decoder layers read and converted at once
 
+
 class StreamFallback(Exception):
     """The streamed CPU-int8 load cannot reproduce from_pretrained exactly here: use from_pretrained."""
 
