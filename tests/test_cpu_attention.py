@@ -81,3 +81,18 @@ def test_fp32_model_keeps_sdpa(demo_model_dir):
     backend = load_backend("demo", quant="none", dtype="float32")
     assert backend.model.model.vision_tower.config._attn_implementation == "sdpa"
     assert backend.info.details["attention"] == "sdpa"
+
+
+def test_an_unknown_attention_choice_is_one_line_and_exit_2(demo_model_dir, tmp_path):
+    from audit_support import png, run_medvlm
+
+    studies = tmp_path / "studies"
+    studies.mkdir()
+    png(studies / "a.png")
+    res = run_medvlm("batch", str(studies), "--modality", "chest_xray", "--model", "demo", "--out",
+                     str(tmp_path / "out"), env={cpu_attention.CPU_ATTENTION_ENV: "flash"})
+    assert res.returncode == 2, res.stderr
+    assert "MEDVLM_CPU_ATTENTION must be matmul or sdpa (got 'flash')" in res.stderr
+    errors = [line for line in res.stderr.splitlines() if line.startswith("error:")]
+    assert errors == ["error: MEDVLM_CPU_ATTENTION must be matmul or sdpa (got 'flash')."]
+    assert "Traceback" not in res.stderr + res.stdout

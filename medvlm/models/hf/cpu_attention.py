@@ -13,6 +13,8 @@ from __future__ import annotations
 
 import os
 
+from ...errors import ModelUnavailable
+
 CPU_ATTENTION_ENV = "MEDVLM_CPU_ATTENTION"  # "matmul" (default) or "sdpa"
 NAME = "medvlm_cpu_bf16_matmul"
 VISION_TYPES = ("siglip_vision_model",)
@@ -47,7 +49,10 @@ def use_for_vision(model) -> str | None:
     import torch
     from transformers import AttentionInterface
 
-    if os.environ.get(CPU_ATTENTION_ENV, "matmul") == "sdpa":
+    choice = os.environ.get(CPU_ATTENTION_ENV, "matmul")
+    if choice not in ("matmul", "sdpa"):
+        raise ModelUnavailable(f"{CPU_ATTENTION_ENV} must be matmul or sdpa (got {choice!r}).")
+    if choice == "sdpa":
         return None
     tower = getattr(getattr(model, "model", model), "vision_tower", None)
     config = getattr(tower, "config", None)
