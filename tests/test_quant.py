@@ -88,7 +88,7 @@ def test_int8_converts_language_model_linears_and_records_it(demo_backend):
     assert all(p.dtype == torch.float32 for p in language.parameters())
     assert demo_backend._pixel_dtype == torch.bfloat16
     info = demo_backend.info
-    assert info.quantization.startswith("int8") and "one decoder layer at a time" in info.quantization
+    assert info.quantization.startswith("int8") and "decoder layer by decoder layer" in info.quantization
     assert info.details["quant_mode"] == "int8"
 
 

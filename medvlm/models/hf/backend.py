@@ -85,7 +85,7 @@ class HFBackend(BackendBase):
             if cpu_int8 and os.environ.get(streamed_load.STREAMED_LOAD_ENV, "1") != "0":
                 try:
                     model = streamed_load.load_cpu_int8_streamed(local_dir, int8.int8_kernels())
-                    int8_load = "streamed and converted one decoder layer at a time"
+                    int8_load = "streamed and converted decoder layer by decoder layer"
                 except streamed_load.StreamFallback as exc:
                     model = None
                     int8_load = f"loaded with from_pretrained in bf16 (streamed load not possible: {first_line(exc)})"

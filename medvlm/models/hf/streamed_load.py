@@ -1,4 +1,4 @@
-"""The streamed CPU-int8 loader: build the model with meta parameters and fill it one decoder layer at a time."""
+"""The streamed CPU-int8 loader: build the model with meta parameters and fill it by decoder layer (two at a time)."""
 
 from __future__ import annotations
 
@@ -117,7 +117,7 @@ def _checkpoint_key_map(model, files: list[Path]) -> dict[str, tuple[Path, str]]
 
 
 def load_cpu_int8_streamed(local_dir, kernels: str):
-    """Build the model with meta parameters, then fill and int8-convert it one decoder layer at a time.
+    """Build the model with meta parameters, then fill and int8-convert it by decoder layer (LOAD_THREADS at a time).
 
     The same bf16 -> fp32 -> int8 steps as from_pretrained(dtype=bfloat16) + _quantize_cpu_int8, but the
     checkpoint is read one tensor at a time, so the process never holds
