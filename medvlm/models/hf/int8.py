@@ -103,10 +103,7 @@ def convert_linears(module, kernels: str) -> None:
             child.float()
             if kernels == "hybrid":
                 new = HybridInt8Linear(child)
-            elif torch.backends.quantized.engine == kernels:  # set by the caller (threads must not flip it)
-                child.qconfig = per_channel_dynamic_qconfig
-                new = QLinear.from_float(child)
-            else:
+            else:  # the streamed load's threads find the engine already set: saving and restoring it is a no-op
                 with quantized_engine(kernels):
                     child.qconfig = per_channel_dynamic_qconfig
                     new = QLinear.from_float(child)
@@ -121,15 +118,25 @@ def release_freed_memory(collect: bool = True) -> None:
     collect=False skips the full garbage collection (about 0.2 s each with transformers loaded) where the
     freed tensors were released by reference counting alone.
     """
-    import ctypes
     import gc
 
     if collect:
         gc.collect()
+    libc = _glibc()
+    if libc is not None:
+        libc.malloc_trim(0)
+
+
+def _glibc():
+    """glibc through ctypes, or None where the C library is another (nothing to tune there)."""
+    import ctypes
+
     try:
-        ctypes.CDLL("libc.so.6").malloc_trim(0)
-    except (OSError, AttributeError):  # not glibc: nothing to do
-        pass
+        libc = ctypes.CDLL("libc.so.6")
+        libc.malloc_trim, libc.mallopt  # noqa: B018 - both are glibc extensions
+    except (OSError, AttributeError):
+        return None
+    return libc
 
 
 MALLOC_REUSE_ENV = "MEDVLM_MALLOC_REUSE"  # 0: leave glibc's malloc thresholds as they are
@@ -144,20 +151,16 @@ def reuse_freed_memory(limit: int = 1 << 30, keep: int = 256 << 20) -> bool:
     and the kernel zeroes each new page: measured, about a quarter of a CPU batch's time was spent in
     the kernel, mostly clearing pages. With the thresholds raised those buffers come from the heap and
     are reused. `keep` bounds what that costs in resident memory: keeping 1 GB of free heap added
-    0.3-0.5 GB to the bench batch's peak RSS (2.41-2.43 GB vs 1.89-2.11, over the 2.34 GB target);
-    256 MB kept it at 1.86-2.29 GB. Call it after the weights are loaded (their load trims the heap
-    itself). Returns whether the thresholds were set (not glibc, or MEDVLM_MALLOC_REUSE=0: False).
+    0.3-0.6 GB to the bench batch's peak RSS (2.41-2.51 GB vs 1.89-2.11, over the 2.34 GB target);
+    256 MB gave 2.03-2.33 GB. Call it after the weights are loaded (their load trims the heap itself).
+    Returns whether the thresholds were set (not glibc, or MEDVLM_MALLOC_REUSE=0: False).
     """
-    import ctypes
     import os
 
-    if os.environ.get(MALLOC_REUSE_ENV, "1") == "0":
+    libc = _glibc()
+    if libc is None or os.environ.get(MALLOC_REUSE_ENV, "1") == "0":
         return False
-    try:
-        libc = ctypes.CDLL("libc.so.6")
-        return bool(libc.mallopt(_M_MMAP_THRESHOLD, limit)) and bool(libc.mallopt(_M_TRIM_THRESHOLD, keep))
-    except (OSError, AttributeError):
-        return False
+    return bool(libc.mallopt(_M_MMAP_THRESHOLD, limit)) and bool(libc.mallopt(_M_TRIM_THRESHOLD, keep))
 
 
 def int8_kernels() -> str:

@@ -195,19 +195,16 @@ def load_cpu_int8_streamed(local_dir, kernels: str):
                         target.copy_(_read_tensor(f, data_start, header[key]))
 
     def load_layer(i: int) -> None:
-        group = groups[i]
+        group = groups.pop(i, [])
         fill(group)
         convert_linears(layers[i], kernels)  # bf16 -> fp32 -> int8, as _quantize_cpu_int8 does
         for pid in group:  # the replaced Linear modules (and their fp32 weights) must not stay referenced
             del slots[pid], params[pid]
-        group.clear()
         # glibc keeps the freed fp32/bf16 copies (its mmap threshold grows to 32 MB) and the
         # int8 weights allocated in between stop the heap from shrinking: hand them back per layer.
         # The replaced modules hold no reference cycles, so reference counting has freed them already.
         release_freed_memory(collect=False)
 
-    for i in range(len(layers)):
-        groups.setdefault(i, [])
     # Reading, rounding and packing one layer runs mostly on one core (torch's quantize and FBGEMM's
     # prepack are single-threaded): two layers at a time halve the load on a 2-core machine, at the
     # cost of one more fp32 layer held at once. Hybrid kernels switch torch's global engine per Linear,
@@ -216,13 +213,9 @@ def load_cpu_int8_streamed(local_dir, kernels: str):
     with warnings.catch_warnings(), quantized_engine(kernels):
         warnings.simplefilter("ignore")
         fill(groups.pop(-1, []), buffer_keys)
-        if workers > 1:
-            with ThreadPoolExecutor(workers, thread_name_prefix="medvlm-load") as pool:
-                for _ in pool.map(load_layer, range(len(layers))):
-                    pass
-        else:
-            for i in range(len(layers)):
-                load_layer(i)
+        with ThreadPoolExecutor(workers, thread_name_prefix="medvlm-load") as pool:
+            for _ in pool.map(load_layer, range(len(layers))):  # re-raises a layer's exception here
+                pass
     release_freed_memory()
     if any(p.device.type == "meta" for p in model.parameters()) or any(b.device.type == "meta" for b in model.buffers()):
         raise StreamFallback("some tensors were left unfilled")
