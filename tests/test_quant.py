@@ -214,3 +214,18 @@ def test_malloc_reuse_is_set_on_glibc_and_can_be_turned_off(monkeypatch):
     monkeypatch.delenv(int8.MALLOC_REUSE_ENV)
     if platform.system() == "Linux" and platform.libc_ver()[0] == "glibc":
         assert int8.reuse_freed_memory() is True
+
+
+def test_hybrid_kernels_load_through_the_streamed_path_and_generate(monkeypatch, demo_model_dir):
+    from medvlm.prompts import load_template, render_prompt
+
+    engine_before = torch.backends.quantized.engine
+    monkeypatch.setenv("MEDVLM_INT8_KERNELS", "hybrid")
+    backend = load_backend("demo", quant="int8")
+    assert "hybrid" in backend.info.quantization and "checkpoint streamed" in backend.info.quantization
+    assert any(type(m).__name__ == "HybridInt8Linear" for m in backend.model.modules())
+    assert torch.backends.quantized.engine == engine_before
+    study = _study(1)
+    (out,) = backend.generate([(study, render_prompt(study, load_template("chest_xray")))], max_new_tokens=3,
+                              ignore_eos=True)
+    assert out.new_tokens == 3

@@ -82,9 +82,16 @@ class HybridInt8Linear(_TorchModule):
 
 @contextlib.contextmanager
 def quantized_engine(kernels: str):
-    """torch's quantized engine is `kernels` inside, and what it was after."""
+    """torch's quantized engine is `kernels` inside, and what it was after.
+
+    "hybrid" is not an engine: HybridInt8Linear packs each weight with oneDNN and with FBGEMM and sets
+    the engine itself, so for it this leaves the engine alone.
+    """
     import torch
 
+    if kernels == "hybrid":
+        yield
+        return
     before, torch.backends.quantized.engine = torch.backends.quantized.engine, kernels
     try:
         yield
