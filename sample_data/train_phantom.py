@@ -2,7 +2,7 @@
 
 Run (from the repository root; ~42 min on 2 CPU cores: ~6 min writing and reading the phantoms,
 13 min stage 1, 20 min stage 2, the check):
-    nice -n 5 python sample_data/train_phantom.py --out medvlm/models/phantom --work .cache/phantom-v2
+    nice -n 5 python sample_data/train_phantom.py --out medvlm/models/phantom --work .cache/phantom-v3
 
 Seed 1000, studies 0..N-1 of that seed for training and the next --val for validation; the
 benchmark uses seed 7 (never seen here). Steps, each cached under --work so an interrupted run resumes:
@@ -19,7 +19,10 @@ benchmark uses seed 7 (never seen here). Steps, each cached under --work so an i
    gave the small findings a signal the study-level labels alone did not: on 16,000 studies, presence
    micro-F1 after 8.8 epochs was 0.848 with them and 0.80 without (nodules 0.39 vs 0.05-0.13).
 4. stage 2: the vision tower is frozen (its outputs cached); the projector and the text decoder
-   learn the report text (medvlm.phantoms.language, fresh phrasing every epoch) by teacher forcing.
+   learn the report text (medvlm.phantoms.language, fresh phrasing every epoch) by teacher forcing,
+   with an auxiliary head that must read each finding from the decoder's state at every report
+   position, and the studies with a hard finding (atelectasis, nodule, mass, consolidation) seen
+   more often (see AUX_WEIGHT).
 5. check: greedy generation on the validation studies through transformers' generate(), graded by
    medvlm's findings extractor, then the model is saved as a Hugging Face folder in fp16.
 """
@@ -30,7 +33,6 @@ import argparse
 import json
 import math
 import multiprocessing as mp
-import os
 import shutil
 import sys
 import tempfile
@@ -461,8 +463,19 @@ def project(model, pooled):
     return torch.matmul(proj.mm_soft_emb_norm(pooled.float()), proj.mm_input_projection_weight)
 
 
-def stage2(model, tokenizer, data, studies, feats, minutes: float, log_every=50):
+# An auxiliary head reads, at every position that predicts a report token, each finding's class (absent or
+# its attributes) from the decoder's last hidden state: a direct signal that the text must come from the image.
+# Studies with one of the HARD findings come once more per epoch for each: greedy decoding writes a finding
+# only where the model rates it the likelier continuation, and these are the ones it is least sure of. On 300
+# validation studies, with the stage-1 tower of the shipped model fixed: micro-F1 0.747 without either,
+# 0.800 with both (nodule 0.25 -> 0.51, mass 0.71 -> 0.83, atelectasis 0.41 -> 0.43).
+AUX_WEIGHT = 0.5
+HARD = ("atelectasis", "nodule", "mass", "consolidation")
+
+
+def stage2(model, tokenizer, data, studies, feats, classes, minutes: float, log_every=50):
     import torch
+    import torch.nn.functional as F
     from transformers.modeling_outputs import BaseModelOutputWithPooling
 
     eot = tokenizer.convert_tokens_to_ids("<end_of_turn>")
@@ -471,6 +484,10 @@ def stage2(model, tokenizer, data, studies, feats, minutes: float, log_every=50)
     for p in model.model.vision_tower.parameters():
         p.requires_grad_(False)
     params = [p for n, p in model.named_parameters() if p.requires_grad]
+    sizes = [len(classes[c]) for c in FINDING_CODES]
+    aux = torch.nn.Linear(model.config.text_config.hidden_size, sum(sizes))
+    yall = np.array([labels_of(s, classes)[0] for s in studies])
+    params = params + list(aux.parameters())
     opt = torch.optim.AdamW(params, lr=2e-3, weight_decay=0.01)
     batch = 16
     rng = np.random.default_rng([SEED, 2])
@@ -478,8 +495,11 @@ def stage2(model, tokenizer, data, studies, feats, minutes: float, log_every=50)
     model.model.vision_tower.eval()
     t0 = time.perf_counter()
     step, budget, epoch = 0, minutes * 60, 0
+    # every study once per epoch, and once more for each HARD finding it has
+    pool = np.concatenate([np.arange(len(studies))] + [
+        np.array([i for i, st in enumerate(studies) if code in st.codes], dtype=int) for code in HARD])
     while True:
-        perm = rng.permutation(len(studies))
+        perm = pool[rng.permutation(len(pool))]
         for s in range(0, len(perm) - batch + 1, batch):
             idx = perm[s:s + batch]
             seqs, labels, types = [], [], []
@@ -498,16 +518,28 @@ def stage2(model, tokenizer, data, studies, feats, minutes: float, log_every=50)
             att = torch.tensor([[0] * (width - len(q)) + [1] * len(q) for q in seqs])
             img = torch.cat([feats[starts[i]:starts[i + 1]] for i in idx])
             enc = {"image": BaseModelOutputWithPooling(pooler_output=project(model, img))}
-            out = model(input_ids=ids, attention_mask=att, token_type_ids=tt, mm_encoder_outputs=enc, labels=lab)
-            loss = out.loss
+            hidden = model.model(input_ids=ids, attention_mask=att, token_type_ids=tt, mm_encoder_outputs=enc,
+                                 labels=lab, return_dict=True)[0]
+            # the vocabulary logits only where a report token is predicted (about a quarter of the positions;
+            # the prompt's need none): the same loss as the model's own (checked to 1e-7), 0.25 s a step, not 0.33
+            where = lab[:, 1:] != -100
+            h = hidden[:, :-1][where]
+            text_loss = F.cross_entropy(model.lm_head(h).float(), lab[:, 1:][where])
+            loss = text_loss
+            yy = torch.from_numpy(yall[idx])[where.nonzero()[:, 0]]
+            logits, start = aux(h), 0
+            for j, size in enumerate(sizes):
+                loss = loss + AUX_WEIGHT / len(sizes) * F.cross_entropy(logits[:, start:start + size], yy[:, j])
+                start += size
             frac = min((time.perf_counter() - t0) / budget, 1.0)
             lr = optimizer_step(opt, params, loss, 2e-3, step, warmup=30, frac=frac, floor=0.05)
             step += 1
             if step % log_every == 0:
-                log(f"  stage 2 step {step}: loss {loss.item():.3f} lr {lr:.2e}")
+                log(f"  stage 2 step {step}: loss {loss.item():.3f} text {text_loss.item():.3f} lr {lr:.2e}")
             if frac >= 1.0:
                 model.eval()
-                return {"steps": step, "epochs": round(step * batch / len(studies), 2), "last_loss": float(loss.item())}
+                return {"steps": step, "epochs": round(step * batch / len(pool), 2), "studies_per_epoch": len(pool),
+                        "last_loss": float(loss.item()), "last_text_loss": float(text_loss.item())}
         epoch += 1
 
 
@@ -562,7 +594,9 @@ def check(model, tokenizer, data, studies, feats, n: int, batch=16) -> dict:
                 samples.append({"truth": sorted(want), "text": text})
     f1 = 2 * tp / max(2 * tp + fp + fn, 1)
     per_f1 = {c: round(2 * a / max(2 * a + b + d, 1), 3) for c, (a, b, d) in per.items()}
-    return {"n": n, "micro_f1": round(f1, 4), "exact": exact / n, "per_finding_f1": per_f1, "samples": samples}
+    counts = {c: {"tp": a, "fp": b, "fn": d} for c, (a, b, d) in per.items()}
+    return {"n": n, "micro_f1": round(f1, 4), "exact": exact / n, "per_finding_f1": per_f1, "per_finding_counts": counts,
+            "samples": samples}
 
 
 def recheck(out: Path, val, val_studies, n: int) -> int:
@@ -588,7 +622,7 @@ def recheck(out: Path, val, val_studies, n: int) -> int:
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--out", type=Path, default=PROJECT / "medvlm" / "models" / "phantom")
-    parser.add_argument("--work", type=Path, default=PROJECT / ".cache" / "phantom-v2")
+    parser.add_argument("--work", type=Path, default=PROJECT / ".cache" / "phantom-v3")
     parser.add_argument("--train", type=int, default=16000, help="training studies (seed 1000, indices 0..N-1)")
     parser.add_argument("--val", type=int, default=300, help="validation studies (the indices after the training ones)")
     parser.add_argument("--vision-minutes", type=float, default=13.0, help="stage 1 wall time in minutes (the classifier)")
@@ -645,7 +679,7 @@ def main(argv=None) -> int:
     model.eval()
     feats = vision_cache(model, data)
     vfeats = vision_cache(model, val)
-    s2 = stage2(model, tokenizer, data, studies, feats, args.text_minutes)
+    s2 = stage2(model, tokenizer, data, studies, feats, classes, args.text_minutes)
     timings["stage2_s"] = time.perf_counter() - t0
     log(f"stage 2 done: {s2}")
 
