@@ -527,10 +527,8 @@ def stage2(model, tokenizer, data, studies, feats, classes, minutes: float, log_
             text_loss = F.cross_entropy(model.lm_head(h).float(), lab[:, 1:][where])
             loss = text_loss
             yy = torch.from_numpy(yall[idx])[where.nonzero()[:, 0]]
-            logits, start = aux(h), 0
-            for j, size in enumerate(sizes):
-                loss = loss + AUX_WEIGHT / len(sizes) * F.cross_entropy(logits[:, start:start + size], yy[:, j])
-                start += size
+            for j, logits in enumerate(aux(h).split(sizes, dim=1)):
+                loss = loss + AUX_WEIGHT / len(sizes) * F.cross_entropy(logits, yy[:, j])
             frac = min((time.perf_counter() - t0) / budget, 1.0)
             lr = optimizer_step(opt, params, loss, 2e-3, step, warmup=30, frac=frac, floor=0.05)
             step += 1

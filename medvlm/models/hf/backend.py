@@ -143,8 +143,9 @@ class HFBackend(BackendBase):
                 "int8_load": int8_load,
                 "image_processor_overrides": image_overrides,
                 "threads": torch.get_num_threads(),
-                "attention": getattr(model.config, "_attn_implementation", None)
-                + (f"; {vision_attention}" if vision_attention else ""),
+                "attention": "; ".join(
+                    str(a) for a in (getattr(model.config, "_attn_implementation", None), vision_attention) if a
+                ) or None,
                 "memory_estimate_bytes": (
                     {"weights": estimate.weights, "load_peak": estimate.load_peak, "activations": estimate.activations}
                     if estimate else None
