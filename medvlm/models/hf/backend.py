@@ -14,7 +14,7 @@ from ...records import ModelOutput, Prompt, Study
 from ..base import BackendBase, BatchTiming, ModelInfo
 from ..checkpoint import weights_digest
 from ..registry import resolve
-from . import cpu_attention, int8, options, streamed_load
+from . import cpu_attention, cpu_mlp, int8, options, streamed_load
 from .identity import hf_identity
 from .processor import cap_visual_tokens, load_processor
 from .tokens import control_token_ids
@@ -105,10 +105,11 @@ class HFBackend(BackendBase):
         if cpu_int8:
             quant_desc = f"{int8.quantize_cpu_int8(model)}; checkpoint {int8_load}"
             int8.release_freed_memory()
-        vision_attention = None
+        vision_attention = inplace_mlp = None
         if dev == "cpu":
             int8.reuse_freed_memory()
             vision_attention = cpu_attention.use_for_vision(model)
+            inplace_mlp = cpu_mlp.use_inplace(model)
         self.model = model
         self._pixel_dtype = int8.vision_dtype(model)
         tokenizer = getattr(self.processor, "tokenizer", self.processor)
@@ -146,6 +147,7 @@ class HFBackend(BackendBase):
                 "attention": "; ".join(
                     str(a) for a in (getattr(model.config, "_attn_implementation", None), vision_attention) if a
                 ) or None,
+                "mlp": inplace_mlp,
                 "memory_estimate_bytes": (
                     {"weights": estimate.weights, "load_peak": estimate.load_peak, "activations": estimate.activations}
                     if estimate else None
