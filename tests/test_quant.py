@@ -105,6 +105,36 @@ def test_hybrid_linear_matches_fp32_and_picks_kernels_by_rows():
         assert (got - want).abs().max() < 0.05 * want.abs().max()
 
 
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float32])
+@pytest.mark.parametrize("bias", [False, True])
+def test_dynamic_int8_linear_packs_what_from_float_packs(dtype, bias):
+    import warnings
+
+    from torch.ao.nn.quantized.dynamic import Linear as QLinear
+    from torch.ao.quantization import per_channel_dynamic_qconfig
+
+    torch.manual_seed(1)
+    linear = torch.nn.Linear(96, 200, bias=bias).to(dtype)
+    with torch.no_grad():
+        linear.weight[5] = 0  # an all-zero row: the observer's eps floor sets its scale
+        linear.weight[7] *= 40  # a row with outliers
+    reference = torch.nn.Linear(96, 200, bias=bias)
+    reference.load_state_dict({k: v.float() for k, v in linear.state_dict().items()})
+    reference.qconfig = per_channel_dynamic_qconfig
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        fast, slow = hf_int8.dynamic_int8_linear(linear), QLinear.from_float(reference)
+    assert type(fast) is QLinear and (fast.in_features, fast.out_features) == (96, 200)
+    (wa, ba), (wb, bb) = fast._packed_params._weight_bias(), slow._packed_params._weight_bias()
+    assert torch.equal(wa.int_repr(), wb.int_repr())
+    assert torch.equal(wa.q_per_channel_scales(), wb.q_per_channel_scales())
+    assert torch.equal(wa.q_per_channel_zero_points(), wb.q_per_channel_zero_points())
+    assert (ba is None and bb is None) or torch.equal(ba, bb)
+    assert wa.int_repr().abs().max() == 127 and wa.int_repr()[5].abs().max() == 0
+    x = torch.randn(4, 96)
+    assert torch.equal(fast(x), slow(x))
+
+
 def test_unknown_int8_kernels_setting_is_refused(monkeypatch, demo_model_dir):
     monkeypatch.setenv(hf_int8.INT8_KERNELS_ENV, "magic")
     with pytest.raises(ModelUnavailable, match="hybrid, fbgemm or onednn"):

@@ -102,21 +102,52 @@ def quantized_engine(kernels: str):
 def convert_linears(module, kernels: str) -> None:
     """Replace every nn.Linear under `module` by its int8 form, in place (each fp32 weight is freed as it goes)."""
     import torch
-    from torch.ao.nn.quantized.dynamic import Linear as QLinear
-    from torch.ao.quantization import per_channel_dynamic_qconfig
 
     for name, child in list(module.named_children()):
         if type(child) is torch.nn.Linear:
-            child.float()
             if kernels == "hybrid":
+                child.float()
                 new = HybridInt8Linear(child)
             else:  # the streamed load's threads find the engine already set: saving and restoring it is a no-op
                 with quantized_engine(kernels):
-                    child.qconfig = per_channel_dynamic_qconfig
-                    new = QLinear.from_float(child)
+                    new = dynamic_int8_linear(child)
             setattr(module, name, new)
         else:
             convert_linears(child, kernels)
+
+
+def dynamic_int8_linear(linear):
+    """QLinear.from_float(linear) under per_channel_dynamic_qconfig, with the same int8 weights and scales,
+    in fewer passes over the weight.
+
+    from_float takes the min/max of each row from an fp32 copy, and first packs a zero weight of the full
+    size (its constructor) only to pack the real one over it. Here the min/max come from the weight as it
+    is (a bf16 -> fp32 conversion is exact, so they are the same numbers), the rounding is from_float's
+    own (_quantize_weight with the same observer), and the constructor packs a 1 x 1 placeholder. On the
+    bench model this took the conversion from ~8.5 to ~6.5 CPU-seconds; tests compare the packed weights
+    with from_float's.
+    """
+    import torch
+    from torch.ao.nn.quantized.dynamic import Linear as QLinear
+    from torch.ao.nn.quantized.modules.utils import _quantize_weight
+    from torch.ao.quantization import per_channel_dynamic_qconfig
+
+    with torch.no_grad():
+        weight = linear.weight.detach()
+        observer = per_channel_dynamic_qconfig.weight()
+        if observer.dtype != torch.qint8 or observer.ch_axis != 0 or weight.dim() != 2 or weight.numel() == 0:
+            linear.float()
+            linear.qconfig = per_channel_dynamic_qconfig
+            return QLinear.from_float(linear)
+        low, high = torch.aminmax(weight, dim=1)
+        observer.min_val.resize_(low.shape).copy_(low)
+        observer.max_val.resize_(high.shape).copy_(high)
+        qweight = _quantize_weight(weight.float(), observer)
+        bias = None if linear.bias is None else linear.bias.detach().float()
+        new = QLinear(1, 1, dtype=torch.qint8)
+        new.in_features, new.out_features = linear.in_features, linear.out_features
+        new.set_weight_bias(qweight, bias)
+    return new
 
 
 def release_freed_memory(collect: bool = True) -> None:
