@@ -405,6 +405,31 @@ def test_streamed_int8_load_works_for_each_architecture(monkeypatch, replicas, p
             assert torch.equal(value, new[key]) and value.dtype == new[key].dtype, key
 
 
+IN_PLACE_MLPS = {
+    "medgemma-4b": {"Gemma3MLP", "SiglipMLP"},
+    "medgemma-1.5-4b": {"Gemma3MLP", "SiglipMLP"},
+    "smolvlm-256m": {"LlamaMLP", "Idefics3VisionMLP"},
+    "smolvlm-2b": {"LlamaMLP", "Idefics3VisionMLP"},
+    "qwen2.5-vl-3b": {"Qwen2MLP", "Qwen2_5_VLMLP"},
+}
+
+
+@pytest.mark.parametrize("preset", sorted(REPLICAS))
+def test_each_architectures_mlps_run_in_place_with_identical_logits(replicas, preset):
+    backend = load_backend(str(replicas[preset]), quant="int8")
+    patched = [m for m in backend.model.modules() if "forward" in vars(m)]
+    assert {type(m).__name__ for m in patched} == IN_PLACE_MLPS[preset]
+    assert backend.info.details["mlp"].startswith("in-place MLP activations (")
+    study = _study(1)
+    prepared = backend.preprocess([(study, _prompt(study))])
+    with torch.inference_mode():
+        fast = backend.model(**prepared.inputs).logits
+        for m in patched:
+            del m.forward  # back to the class's own forward
+        plain = backend.model(**prepared.inputs).logits
+    assert torch.equal(fast, plain)
+
+
 def test_streamed_int8_fallback_reason_is_recorded_in_provenance(tmp_path, replicas):
     from safetensors.torch import load_file, save_file
 

@@ -58,6 +58,7 @@ def model_provenance(info: ModelInfo) -> dict:
             "parameters": info.parameters,
             "architecture": info.details.get("architecture"),
             "attention": info.details.get("attention"),
+            "mlp": info.details.get("mlp"),
             "backend": info.backend,
             "identity": info.identity or None,
         },
