@@ -123,9 +123,9 @@ def dynamic_int8_linear(linear):
     from_float takes the min/max of each row from an fp32 copy, and first packs a zero weight of the full
     size (its constructor) only to pack the real one over it. Here the min/max come from the weight as it
     is (a bf16 -> fp32 conversion is exact, so they are the same numbers), the rounding is from_float's
-    own (_quantize_weight with the same observer), and the constructor packs a 1 x 1 placeholder. On the
-    bench model this took the conversion from ~8.5 to ~6.5 CPU-seconds; tests compare the packed weights
-    with from_float's.
+    own (_quantize_weight with the same observer), and the constructor packs a 1 x 1 placeholder. The
+    bench model's streamed load went from 7.6-8.0 to 6.7-6.9 CPU-seconds (4.0-4.2 to 3.6-3.7 s wall);
+    tests compare the packed weights with from_float's.
     """
     import torch
     from torch.ao.nn.quantized.dynamic import Linear as QLinear
