@@ -5,6 +5,7 @@ from __future__ import annotations
 import csv
 import json
 import os
+import signal
 import subprocess
 import sys
 from pathlib import Path
@@ -52,6 +53,13 @@ def batch_args(studies: Path, out: Path, *extra: str) -> list[str]:
         "batch", str(studies), "--modality", "chest_xray", "--model", "demo", "--out", str(out),
         "--max-new-tokens", "8", "--no-pdf", *extra,
     ]
+
+
+def sigint_as_in_a_terminal() -> None:
+    """Popen's preexec_fn for a child that a test stops with SIGINT: Ctrl-C's default action, as a shell's
+    foreground job has it. A test runner started as a background job without job control (`pytest ... &`
+    in a script) ignores SIGINT, and its children would inherit that and never see the Ctrl-C."""
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
 
 
 def medvlm_cmd(*args: str) -> list[str]:

@@ -29,7 +29,7 @@ os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")  # before Ray is
 ray = pytest.importorskip("ray", reason="Ray is not installed (pip install 'medvlm[ray]')")
 psutil = pytest.importorskip("psutil")
 
-from audit_support import attempts, make_png_studies, read_summary  # noqa: E402
+from audit_support import attempts, make_png_studies, read_summary, sigint_as_in_a_terminal  # noqa: E402
 from conftest import PROJECT, SAMPLE_STUDIES  # noqa: E402
 
 from medvlm.audit.verify import verify_run  # noqa: E402
@@ -275,7 +275,8 @@ def test_ctrl_c_stops_the_ray_batch_and_the_run_resumes(tmp_path, demo_model_dir
            "--max-new-tokens", "48", "--ignore-eos", "--no-pdf", "--batch-size", "2", "--executor", "ray",
            "--workers", "2"]
     proc = subprocess.Popen(cmd, env=_cli_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                            start_new_session=True)  # its own process group, like a terminal's job
+                            start_new_session=True,  # its own process group, like a terminal's job
+                            preexec_fn=sigint_as_in_a_terminal)
     try:
         deadline = time.monotonic() + 180
         while len(attempts(out)) < 2 and time.monotonic() < deadline and proc.poll() is None:

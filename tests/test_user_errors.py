@@ -19,7 +19,7 @@ from pathlib import Path
 
 import pytest
 
-from audit_support import attempts, batch_args, cli, make_png_studies, medvlm_cmd, png
+from audit_support import attempts, batch_args, cli, make_png_studies, medvlm_cmd, png, sigint_as_in_a_terminal
 from medvlm.csvsafe import read_rows
 
 pytestmark = pytest.mark.usefixtures("demo_model_dir")  # built once, before the bounded runs
@@ -232,7 +232,7 @@ def ctrl_c_when(args: list[str], ready) -> tuple[subprocess.Popen, str, str]:
     """Start `medvlm *args`, send SIGINT (Ctrl-C) once ready() is true, and return (proc, stdout, stderr)."""
     proc = subprocess.Popen(
         medvlm_cmd(*args), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=dict(os.environ),
-        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),  # a test runner may ignore SIGINT
+        preexec_fn=sigint_as_in_a_terminal,
     )
     try:
         deadline = time.monotonic() + TIMEOUT
