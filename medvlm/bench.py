@@ -408,7 +408,9 @@ def _bounds(config: RunConfig, runs: list[RunFigures], model_dir: Path) -> dict:
     for run in runs:
         int8 = run.quantization.startswith("int8")
         lm_kind = "int8" if int8 else ("bf16" if run.dtype == "bfloat16" else "fp32")
-        vision_kind = "bf16" if (int8 or run.dtype == "bfloat16") else "fp32"
+        # CPU int8 keeps the vision tower in bf16 unless the CPU lacks bf16 matrix instructions (then the
+        # backend's quantization text says "vision tower fp32")
+        vision_kind = "bf16" if (int8 or run.dtype == "bfloat16") and "vision tower fp32" not in run.quantization else "fp32"
         sub = Path(config.out) / ("optimised" if run is opt else "baseline")
         tok, imgs, per = _report_sizes(sub)
         batches = len(list(chunks(list(range(len(per))), max(1, run.batch_size))))

@@ -8,6 +8,7 @@ torch = pytest.importorskip("torch")
 
 from medvlm.models import load_backend  # noqa: E402
 from medvlm.models.hf import cpu_attention  # noqa: E402
+from medvlm.models.hf.options import CPU_VISION_DTYPE_ENV  # noqa: E402
 
 
 class _Module(torch.nn.Module):
@@ -58,6 +59,7 @@ def test_masked_fp32_or_training_calls_go_to_sdpa_unchanged():
 
 
 def test_int8_demo_model_routes_its_bf16_vision_tower_and_says_so(demo_model_dir, monkeypatch):
+    monkeypatch.setenv(CPU_VISION_DTYPE_ENV, "bfloat16")  # the tower CPU int8 keeps in bf16 where the CPU has bf16
     backend = load_backend("demo", quant="int8")
     tower = backend.model.model.vision_tower
     assert tower.config._attn_implementation == cpu_attention.NAME
@@ -77,22 +79,29 @@ def test_int8_demo_model_routes_its_bf16_vision_tower_and_says_so(demo_model_dir
     assert torch.allclose(fast.float(), slow.float(), atol=0.15, rtol=0.05)
 
 
-def test_fp32_model_keeps_sdpa(demo_model_dir):
+def test_fp32_model_keeps_sdpa(demo_model_dir, monkeypatch):
     backend = load_backend("demo", quant="none", dtype="float32")
+    assert backend.model.model.vision_tower.config._attn_implementation == "sdpa"
+    assert backend.info.details["attention"] == "sdpa"
+    monkeypatch.setenv(CPU_VISION_DTYPE_ENV, "float32")  # CPU int8 on a CPU without bf16 instructions
+    backend = load_backend("demo", quant="int8")
     assert backend.model.model.vision_tower.config._attn_implementation == "sdpa"
     assert backend.info.details["attention"] == "sdpa"
 
 
-def test_an_unknown_attention_choice_is_one_line_and_exit_2(demo_model_dir, tmp_path):
+@pytest.mark.parametrize("env,line", [
+    ({cpu_attention.CPU_ATTENTION_ENV: "flash"}, "error: MEDVLM_CPU_ATTENTION must be matmul or sdpa (got 'flash')."),
+    ({CPU_VISION_DTYPE_ENV: "fp16"}, "error: MEDVLM_CPU_VISION_DTYPE must be auto, bfloat16 or float32 (got 'fp16')."),
+])
+def test_an_unknown_cpu_setting_is_one_line_and_exit_2(demo_model_dir, tmp_path, env, line):
     from audit_support import png, run_medvlm
 
     studies = tmp_path / "studies"
     studies.mkdir()
     png(studies / "a.png")
     res = run_medvlm("batch", str(studies), "--modality", "chest_xray", "--model", "demo", "--out",
-                     str(tmp_path / "out"), env={cpu_attention.CPU_ATTENTION_ENV: "flash"})
+                     str(tmp_path / "out"), env=env)
     assert res.returncode == 2, res.stderr
-    assert "MEDVLM_CPU_ATTENTION must be matmul or sdpa (got 'flash')" in res.stderr
-    errors = [line for line in res.stderr.splitlines() if line.startswith("error:")]
-    assert errors == ["error: MEDVLM_CPU_ATTENTION must be matmul or sdpa (got 'flash')."]
+    errors = [text for text in res.stderr.splitlines() if text.startswith("error:")]
+    assert errors == [line]
     assert "Traceback" not in res.stderr + res.stdout

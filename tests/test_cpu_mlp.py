@@ -53,8 +53,8 @@ def test_whole_model_logits_are_identical_with_and_without(demo_model_dir, monke
     with torch.inference_mode():
         a = fast.model(input_ids=ids).logits
         b = plain.model(input_ids=ids).logits
-        va = fast.model.model.vision_tower(pixel_values=pixels.bfloat16()).last_hidden_state
-        vb = plain.model.model.vision_tower(pixel_values=pixels.bfloat16()).last_hidden_state
+        va = fast.model.model.vision_tower(pixel_values=pixels.to(fast._pixel_dtype)).last_hidden_state
+        vb = plain.model.model.vision_tower(pixel_values=pixels.to(plain._pixel_dtype)).last_hidden_state
     assert torch.equal(a, b) and torch.equal(va, vb)
 
 

@@ -84,9 +84,10 @@ def test_int8_converts_language_model_linears_and_records_it(demo_backend):
     assert isinstance(model.lm_head, QLinear)
     vision = model.model.vision_tower
     assert not any(isinstance(m, (QLinear, hf_int8.HybridInt8Linear)) for m in vision.modules())  # vision stays float
-    assert all(p.dtype == torch.bfloat16 for p in vision.parameters())
+    tower_dtype = getattr(torch, hf_options.cpu_vision_dtype())  # bf16 only where this CPU has bf16 instructions
+    assert all(p.dtype == tower_dtype for p in vision.parameters())
     assert all(p.dtype == torch.float32 for p in language.parameters())
-    assert demo_backend._pixel_dtype == torch.bfloat16
+    assert demo_backend._pixel_dtype == tower_dtype
     info = demo_backend.info
     assert info.quantization.startswith("int8") and "decoder layer by decoder layer" in info.quantization
     assert info.details["quant_mode"] == "int8"
@@ -133,6 +134,88 @@ def test_dynamic_int8_linear_packs_what_from_float_packs(dtype, bias):
     assert wa.int_repr().abs().max() == 127 and wa.int_repr()[5].abs().max() == 0
     x = torch.randn(4, 96)
     assert torch.equal(fast(x), slow(x))
+
+
+def test_int8_vision_tower_runs_in_the_dtype_chosen_for_this_cpu_and_says_so(monkeypatch, demo_model_dir):
+    from medvlm.prompts import load_template, render_prompt
+
+    study = _study(1)
+    prompt = render_prompt(study, load_template("chest_xray"))
+    features = {}
+    for forced, short in (("float32", "fp32"), ("bfloat16", "bf16")):
+        monkeypatch.setenv(hf_options.CPU_VISION_DTYPE_ENV, forced)
+        backend = load_backend("demo", quant="int8")
+        tower = backend.model.model.vision_tower
+        assert {p.dtype for p in tower.parameters()} == {getattr(torch, forced)}
+        assert {p.dtype for p in backend.model.model.multi_modal_projector.parameters()} == {getattr(torch, forced)}
+        assert backend._pixel_dtype == getattr(torch, forced)
+        assert f"; vision tower {short};" in backend.info.quantization
+        # a bf16 tower is what CPU int8 always meant (resume identities made with it stay valid); fp32 is named
+        assert backend.info.identity.get("vision_dtype") == (None if forced == "bfloat16" else "float32")
+        (out,) = backend.generate([(study, prompt)], max_new_tokens=4, ignore_eos=True)
+        assert out.new_tokens == 4
+        pixels = torch.rand(2, 3, tower.config.image_size, tower.config.image_size, generator=torch.Generator().manual_seed(3))
+        with torch.inference_mode():
+            features[forced] = tower(pixel_values=pixels.to(backend._pixel_dtype)).last_hidden_state.float()
+    # the same weights: the fp32 tower reads what the bf16 one reads, within bf16's rounding
+    assert torch.allclose(features["float32"], features["bfloat16"], atol=0.15, rtol=0.05)
+    assert not torch.equal(features["float32"], features["bfloat16"])
+
+
+def test_auto_keeps_the_vision_tower_in_bf16_only_where_the_cpu_has_bf16_instructions(monkeypatch):
+    monkeypatch.delenv(hf_options.CPU_VISION_DTYPE_ENV, raising=False)
+    flags = {"_is_avx512_bf16_supported": False, "_is_amx_tile_supported": False}
+    for name in flags:
+        monkeypatch.setattr(torch.cpu, name, lambda name=name: flags[name])
+    monkeypatch.setattr(hf_options.platform, "machine", lambda: "x86_64")
+    assert hf_options.cpu_vision_dtype() == "float32"  # AVX2 / AVX-512 without BF16: the generic bf16 path is slow
+    resolved = hf_options.resolve_options(hf_options.HFOptions(device="cpu"))
+    assert resolved.vision_dtype == "float32" and resolved.as_dict()["vision_dtype"] == "float32"
+    for name in flags:
+        flags.update(dict.fromkeys(flags, False), **{name: True})
+        assert hf_options.cpu_vision_dtype() == "bfloat16"
+        resolved = hf_options.resolve_options(hf_options.HFOptions(device="cpu"))
+        assert resolved.vision_dtype is None and "vision_dtype" not in resolved.as_dict()
+    # a float model has no vision dtype of its own to record
+    assert hf_options.resolve_options(hf_options.HFOptions(device="cpu", quant="none")).as_dict() == {
+        "device": "cpu", "dtype": "float32", "quant": "none"}
+    monkeypatch.setenv(hf_options.CPU_VISION_DTYPE_ENV, "float32")
+    assert hf_options.cpu_vision_dtype() == "float32"  # an explicit setting wins over the CPU's flags
+
+
+def test_asking_for_bf16_on_a_cpu_without_bf16_instructions_warns(monkeypatch, caplog, demo_model_dir):
+    for has_bf16 in (False, True):
+        monkeypatch.setattr(hf_options, "cpu_bf16_in_hardware", lambda: has_bf16)
+        caplog.clear()
+        with caplog.at_level("WARNING", logger="medvlm"):
+            load_backend("demo", quant="none", dtype="bfloat16")
+        warned = [r.getMessage() for r in caplog.records if "no bf16 matrix instructions" in r.getMessage()]
+        assert len(warned) == (0 if has_bf16 else 1), warned
+
+
+def test_auto_vision_dtype_is_not_the_slow_one_on_this_cpu(monkeypatch):
+    """On the real CPU: the dtype auto picks for the tower multiplies matrices at least about as fast as the other.
+
+    (On a 2-core AVX2 EPYC bf16 ran ~100x slower than fp32; on AVX512-BF16 machines it runs faster.)"""
+    import time
+
+    monkeypatch.delenv(hf_options.CPU_VISION_DTYPE_ENV, raising=False)
+    gen = torch.Generator().manual_seed(0)
+    a, b = torch.randn(256, 768, generator=gen), torch.randn(768, 768, generator=gen)
+
+    def best(dtype) -> float:
+        x, y = a.to(dtype), b.to(dtype)
+        torch.matmul(x, y)
+        times = []
+        for _ in range(5):
+            t0 = time.perf_counter()
+            torch.matmul(x, y)
+            times.append(time.perf_counter() - t0)
+        return min(times)
+
+    chosen, other = ("bfloat16", "float32") if hf_options.cpu_vision_dtype() == "bfloat16" else ("float32", "bfloat16")
+    t_chosen, t_other = best(getattr(torch, chosen)), best(getattr(torch, other))
+    assert t_chosen < 2.0 * t_other, f"auto chose {chosen} ({t_chosen * 1e3:.1f} ms) over {other} ({t_other * 1e3:.1f} ms)"
 
 
 def test_unknown_int8_kernels_setting_is_refused(monkeypatch, demo_model_dir):

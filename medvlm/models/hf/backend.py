@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import logging
 import os
 import time
 from dataclasses import dataclass
@@ -18,6 +19,8 @@ from . import cpu_attention, cpu_mlp, int8, options, streamed_load
 from .identity import hf_identity
 from .processor import cap_visual_tokens, load_processor
 from .tokens import control_token_ids
+
+log = logging.getLogger("medvlm.models")
 
 # Written by sample_data/train_phantom.py next to the weights: the model learned only synthetic phantoms.
 PHANTOM_META = "medvlm_phantom_model.json"
@@ -55,6 +58,9 @@ class HFBackend(BackendBase):
         model_type = _model_type(local_dir)
         chosen = options.resolve_options(requested, model_type)  # refuses pairs this device cannot run
         dev, mode, torch_dtype = chosen.device, chosen.quant, getattr(torch, chosen.dtype)
+        if dev == "cpu" and chosen.dtype == "bfloat16" and not options.cpu_bf16_in_hardware():
+            log.warning("this CPU has no bf16 matrix instructions: --dtype bfloat16 runs on a generic path many "
+                        "times slower than float32 (use --dtype auto)")
         estimate = None
         if check_memory:
             from ..memory import check_model_fits
@@ -103,7 +109,7 @@ class HFBackend(BackendBase):
         if "device_map" not in kwargs:
             model.to(dev)
         if cpu_int8:
-            quant_desc = f"{int8.quantize_cpu_int8(model)}; checkpoint {int8_load}"
+            quant_desc = f"{int8.quantize_cpu_int8(model, chosen.vision_dtype or 'bfloat16')}; checkpoint {int8_load}"
             int8.release_freed_memory()
         vision_attention = inplace_mlp = None
         if dev == "cpu":

@@ -210,8 +210,10 @@ def int8_kernels() -> str:
     return kernels
 
 
-def quantize_cpu_int8(model) -> str:
-    """Per-channel dynamic int8 on the language model's Linear layers (lm_head too), one decoder layer at a time."""
+def quantize_cpu_int8(model, vision_dtype: str = "bfloat16") -> str:
+    """Per-channel dynamic int8 on the language model's Linear layers (lm_head too), one decoder layer at a time;
+    the vision tower and projector in `vision_dtype` (options.cpu_vision_dtype: bf16 only where the CPU has
+    bf16 matrix instructions)."""
     import torch
 
     kernels = int8_kernels()
@@ -225,24 +227,26 @@ def quantize_cpu_int8(model) -> str:
         for layer in getattr(language, "layers", None) or [language]:
             convert_linears(layer, kernels)  # bf16 -> fp32 -> int8 one Linear at a time
         # Norms and embeddings go back to fp32 (dynamic int8 takes fp32 activations). The vision tower
-        # and projector stay bf16: they are compute-bound (one pass per image) and AMX/AVX512-bf16
-        # runs them several times faster than fp32; their output is cast to fp32 where it joins the text.
+        # and projector stay bf16 where the CPU has bf16 matrix instructions: they are compute-bound (one
+        # pass per image) and AMX/AVX512-bf16 runs them several times faster than fp32; their output is
+        # cast to fp32 where it joins the text. Without them the bench model's tower ran 18x slower in bf16.
         inner = getattr(model, "model", model)
-        keep_bf16 = vision_modules(model)
-        for m in keep_bf16:
-            m.to(torch.bfloat16)
+        vision_parts = vision_modules(model)
+        for m in vision_parts:
+            m.to(getattr(torch, vision_dtype))
         for m in model.children():
             if m is not inner:
                 m.float()
         for name, m in inner.named_children():
-            if m not in keep_bf16:
+            if m not in vision_parts:
                 m.float()
         holder = torch.nn.Module()
         if type(getattr(model, "lm_head", None)) is torch.nn.Linear:
             holder.lm_head = model.lm_head
             convert_linears(holder, kernels)
             model.lm_head = holder.lm_head
-    vision = "vision tower bf16" if keep_bf16 else "no vision tower"
+    short = {"bfloat16": "bf16", "float32": "fp32"}.get(vision_dtype, vision_dtype)
+    vision = f"vision tower {short}" if vision_parts else "no vision tower"
     return (
         f"int8 dynamic per-channel (torch.ao, {kernels} kernels) on language-model Linear layers incl. lm_head; "
         f"{vision}"
