@@ -1,9 +1,9 @@
 """This machine's limits at the model's shapes (matmul rates, memory bandwidth) and how near prefill/decode come.
 
 Measured in the same process as `medvlm bench`, with the kernels the model path runs: torch.matmul in
-fp32 and bf16 (the vision tower is bf16 on CPU), the dynamic per-channel int8 Linear the language model
-is converted to (torch.ao, FBGEMM; activations quantised per call, as in the model), and torch._int_mm
-(raw int8 GEMM, for reference). Bandwidth: the time to read a buffer larger than the caches.
+fp32 and bf16 (the vision tower is bf16 on CPUs with bf16 matrix instructions, else fp32), the dynamic
+per-channel int8 Linear the language model is converted to (torch.ao, FBGEMM; activations quantised per
+call, as in the model), and torch._int_mm (raw int8 GEMM, for reference). Bandwidth: the time to read a buffer larger than the caches.
 """
 
 from __future__ import annotations
