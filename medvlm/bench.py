@@ -351,6 +351,10 @@ def run_bench(config: RunConfig, *, baseline: bool = True, bounds: bool = True) 
         doc["targets"]["speedup_incl_load"] = runs[1].wall_s / (opt.wall_s + opt.load_s) if opt.wall_s else None
     if bounds and model_dir is not None:
         doc["bounds"] = _bounds(config, runs, model_dir)
+    if config.write_pdf:
+        from .report.pdf import font_subsetter
+
+        doc["pdf_font_subsetter"] = font_subsetter()
     doc["load_average"] = {"start": load_start, "end": list(os.getloadavg())}
     doc["table"] = table(runs)
     (out / "bench.json").write_text(json.dumps(doc, indent=2) + "\n")

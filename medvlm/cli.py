@@ -479,6 +479,12 @@ def bench(
         for label, share in doc["bounds"]["runs"].items():
             for line in bound_lines(doc["bounds"]["machine"], share)[1 + len(doc["bounds"]["machine"]["matmul"]):]:
                 printer.line(f"  {label}: {line}")
+    subsetter = doc.get("pdf_font_subsetter")
+    if subsetter:
+        from .report.pdf import FONTTOOLS_HINT
+
+        printer.line("PDF font subsetting: HarfBuzz" if subsetter == "harfbuzz"
+                     else f"PDF font subsetting: {subsetter} ({FONTTOOLS_HINT})")
     load = doc.get("load_average") or {}
     if load:
         printer.line(f"load average (1/5/15 min) at start {load['start']}, at end {load['end']}")

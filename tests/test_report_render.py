@@ -11,7 +11,7 @@ import pytest
 
 from medvlm import DEMO_NOTICE, PHANTOM_NOTICE, RESEARCH_BANNER
 from medvlm.report.html import mark_segments, render_report_html
-from medvlm.report.pdf import BlockedResource, html_to_pdf, refuse_external
+from medvlm.report.pdf import BlockedResource, font_subsetter, html_to_pdf, refuse_external
 from medvlm.report.write import render_study_files, write_study_files
 
 from report_support import XSS_IMG, XSS_SCRIPT, make_report
@@ -195,6 +195,22 @@ def test_pdf_renderer_refuses_references_in_a_template():
     assert pdf.startswith(b"%PDF")
     assert set(refused) == {"file:///etc/passwd", "http://example.invalid/a.png", "https://example.invalid/b.png"}
     assert b"root:" not in pdf
+
+
+def test_font_subsetter_names_the_library_weasyprint_uses(caplog):
+    """`medvlm bench` says which font subsetter PDFs get; WeasyPrint warns on its fontTools fallback."""
+    import logging
+
+    import weasyprint
+
+    expected = font_subsetter()
+    assert expected in ("harfbuzz", "fonttools")
+    caplog.set_level(logging.WARNING, logger="weasyprint")
+    logging.getLogger("weasyprint").setLevel(logging.WARNING)  # html_to_pdf lowers it for reports
+    pdf = weasyprint.HTML(string="<p>Effusion, <b>right</b>.</p>").write_pdf()
+    assert pdf.startswith(b"%PDF")
+    fell_back = any("fontTools instead of HarfBuzz" in r.getMessage() for r in caplog.records)
+    assert fell_back == (expected == "fonttools"), [r.getMessage() for r in caplog.records]
 
 
 def test_write_rendered_writes_html_and_pdf_from_one_template_family(tmp_path):
