@@ -233,6 +233,7 @@ def ray_cluster():
     token.write_text(secrets.token_hex(32))
     token.chmod(0o600)
     env = _cli_env(RAY_AUTH_MODE="token", RAY_AUTH_TOKEN_PATH=str(token))
+    env.pop("MEDVLM_CPU_VISION_DTYPE", None)  # the cluster's own processes never have it (see the test below)
     try:
         start = subprocess.run(
             [str(ray_cli), "start", "--head", "--node-ip-address=127.0.0.1", "--port=0", "--num-cpus=3",
@@ -250,12 +251,18 @@ def ray_cluster():
 
 @pytest.mark.slow
 def test_batch_connects_to_a_ray_start_cluster_with_ray_address(tmp_path, demo_model_dir, ray_cluster):
+    """Also: a backend setting set on the driver only (the vision tower's dtype, the opposite of what this
+    CPU's `auto` gives) reaches the workers of a cluster started without it, and the run records it."""
+    from medvlm.models.hf.options import cpu_bf16_in_hardware
+
     address, env = ray_cluster
+    forced = "float32" if cpu_bf16_in_hardware() else "bfloat16"
     out = tmp_path / "out"
     cmd = [sys.executable, "-m", "medvlm", "batch", str(SAMPLE_STUDIES), "--model", "demo", "--out", str(out),
            "--max-new-tokens", "12", "--no-pdf", "--batch-size", "2",
            "--executor", "ray", "--ray-address", address, "--workers", "2"]
-    done = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
+    done = subprocess.run(cmd, env=dict(env, MEDVLM_CPU_VISION_DTYPE=forced), capture_output=True, text=True,
+                          timeout=300)
     assert done.returncode == 0, done.stdout + done.stderr
     assert "6 ok, 0 failed, 0 skipped ->" in done.stdout
     assert "6/6" in done.stderr  # the progress bar counted every study
@@ -265,6 +272,11 @@ def test_batch_connects_to_a_ray_start_cluster_with_ray_address(tmp_path, demo_m
     run = json.loads((out / "run.json").read_text())
     assert run["config"]["executor"] == "ray" and run["config"]["executor_options"]["address"] == address
     assert run["model"]["model"]["name"] == "demo"  # the loaded model, reported back from a worker
+    tower = {"float32": "vision tower fp32", "bfloat16": "vision tower bf16"}[forced]
+    assert tower in run["model"]["quantization"]
+    assert run["model"]["model"]["identity"].get("vision_dtype") == (forced if forced == "float32" else None)
+    for report in out.glob("*/report.json"):
+        assert tower in json.loads(report.read_text())["provenance"]["quantization"]
 
 
 @pytest.mark.slow

@@ -66,3 +66,32 @@ def test_unknown_executor_is_a_usage_error(tmp_path):
     line = _one_line_error(_medvlm("batch", str(SAMPLE_STUDIES), "--model", "demo", "--out", str(tmp_path / "o"),
                                    "--executor", "dask"))
     assert line == "error: unknown executor 'dask'; available: local, ray"
+
+
+def test_the_hf_backend_names_its_settings_variables_as_its_modules_spell_them():
+    """What a Ray driver forwards to its workers is exactly the switches the HF backend reads."""
+    from medvlm.models.hf import KIND, cpu_attention, cpu_mlp, int8, options, streamed_load
+
+    assert set(KIND.settings_env) == {options.CPU_VISION_DTYPE_ENV, cpu_attention.CPU_ATTENTION_ENV,
+                                      cpu_mlp.CPU_MLP_ENV, int8.MALLOC_REUSE_ENV, streamed_load.STREAMED_LOAD_ENV}
+
+
+def test_forwarded_settings_are_the_set_ones_and_never_a_secret(monkeypatch):
+    from medvlm.executors.ray.driver import forwarded_settings
+
+    monkeypatch.setenv("MEDVLM_CPU_VISION_DTYPE", "float32")
+    monkeypatch.delenv("MEDVLM_CPU_MLP", raising=False)
+    monkeypatch.setenv("MEDVLM_API_KEY", "sk-not-forwarded")
+    assert forwarded_settings("hf") == {"MEDVLM_CPU_VISION_DTYPE": "float32"}
+    assert forwarded_settings("endpoint") == {}  # a backend without settings variables forwards nothing
+
+
+def test_a_node_that_resolves_the_model_differently_is_told_what_differs_and_how_to_align_it():
+    from medvlm.executors.ray.worker import identity_mismatch
+
+    run = {"backend": "hf", "device": "cpu", "dtype": "float32", "quant": "int8"}
+    line = identity_mismatch("node-b", dict(run, vision_dtype="float32"), run, "hf")
+    assert "\n" not in line
+    assert line.startswith("worker node-b resolves the model differently from the run (vision_dtype float32 where "
+                           "the run has (unset));")
+    assert "MEDVLM_CPU_VISION_DTYPE" in line and "forwards them to every worker" in line

@@ -139,6 +139,10 @@ class BackendKind(Protocol):
 
     name: str
     requires: tuple[str, ...]  # distribution names of the packages it needs
+    # Optional (read with getattr, default ()): environment variables that change what a load gives
+    # (numerics, memory behaviour). A distributed executor forwards those set on the driver to its
+    # workers, so every node loads the model the same way.
+    settings_env: tuple[str, ...]
 
     def is_available(self) -> str | None:
         """None when usable here, else one line naming what to install."""

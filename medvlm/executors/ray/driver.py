@@ -48,6 +48,14 @@ LOCAL_ONLY_ENV = "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"  # "0": a local Ray instanc
 log = logging.getLogger("medvlm.executors.ray")
 
 
+def forwarded_settings(backend: str) -> dict[str, str]:
+    """The backend's settings variables (`settings_env`) that are set here, for the workers' environment."""
+    from ...models.backends import get_kind
+
+    names = getattr(get_kind(backend, check_available=False), "settings_env", ())
+    return {name: os.environ[name] for name in names if name in os.environ}
+
+
 def import_ray():
     """The `ray` module with Ray Data, or a UsageProblem saying how to install it."""
     try:
@@ -142,12 +150,15 @@ class RayExecutor:
 
     # -- cluster ----------------------------------------------------------------------------------
 
-    def _connect(self):
+    def _connect(self, backend: str):
         ray = self.ray
         if ray.is_initialized():
             return ray
         t0 = time.perf_counter()
         quiet = {"log_to_driver": False, "logging_level": logging.ERROR, "include_dashboard": False}
+        forwarded = forwarded_settings(backend)
+        if forwarded:  # the job's workers on every node load the model as this driver's settings say
+            quiet["runtime_env"] = {"env_vars": forwarded}
         try:
             if self.address is None:
                 need = (self.workers or 1) * self.cpus + 1  # + 1 CPU for the decode and render tasks
@@ -189,7 +200,7 @@ class RayExecutor:
 
     def identity(self, config: RunConfig) -> dict:
         """The model identity as a worker with the model actors' resources resolves it (its GPU, not ours)."""
-        ray = self._connect()
+        ray = self._connect(config.backend)
         self._pool_size()  # a pool that can never start fails here, before the run is opened
         t0 = time.perf_counter()
         task = ray.remote(resolve_identity).options(num_cpus=min(self.cpus, 1.0), num_gpus=self.gpus or None,
@@ -214,7 +225,7 @@ class RayExecutor:
         try:
             if not refs:
                 return None
-            self._connect()
+            self._connect(job.config.backend)
             workers = self._pool_size()
             config = absolute(job.config)
             spec = WorkerSpec(config, self._identity, __version__, job.resources.hashes(config.modality))

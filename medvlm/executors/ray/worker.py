@@ -121,8 +121,8 @@ class ModelActor:
             self.info = backend.info
             self.pending_stats = {"load_s": self.job.stats.pop("load_s", 0.0), "model_loads": 1}
             if spec.identity is not None and backend.identity != spec.identity:
-                self.fatal = (f"worker {socket.gethostname()} loaded {backend.identity} but the run expects "
-                              f"{spec.identity}; give --device/--dtype/--quant explicitly or use identical nodes")
+                self.fatal = identity_mismatch(socket.gethostname(), backend.identity, spec.identity,
+                                               spec.config.backend)
         except Exception as exc:  # noqa: BLE001 - ModelUnavailable and the like end the run with one line
             self.fatal = first_line(exc) if isinstance(exc, UsageProblem) else one_line(exc)
 
@@ -167,6 +167,18 @@ def finish_batch(batch: dict, spec: WorkerSpec) -> dict:
         result = finish_or_error(work, output, info, spec.config, resources)
         out.append(pack(key, "result", (result, info, stats)))
     return columns(out)
+
+
+def identity_mismatch(host: str, loaded: dict, expected: dict, backend: str) -> str:
+    """One line: what this node resolved differently from the run (e.g. its CPU lacks bf16 instructions)."""
+    from ...models.backends import get_kind
+
+    keys = sorted(k for k in set(loaded) | set(expected) if loaded.get(k) != expected.get(k))
+    diffs = ", ".join(f"{k} {loaded.get(k, '(unset)')} where the run has {expected.get(k, '(unset)')}" for k in keys)
+    names = getattr(get_kind(backend, check_available=False), "settings_env", ())
+    settings = f", set {' / '.join(names)} on the driver (it forwards them to every worker)" if names else ""
+    return (f"worker {host} resolves the model differently from the run ({diffs}); give --device/--dtype/--quant "
+            f"explicitly{settings}, or use identical nodes")
 
 
 def resolve_identity(backend: str, model: str, options: dict) -> dict:
