@@ -35,6 +35,11 @@ def backend_names() -> list[str]:
     return sorted(_targets())
 
 
+def settings_env(name: str) -> tuple[str, ...]:
+    """The backend's settings variables (its optional `settings_env`; () where it declares none)."""
+    return tuple(getattr(get_kind(name, check_available=False), "settings_env", ()))
+
+
 def get_kind(name: str, *, check_available: bool = True) -> BackendKind:
     """The registered backend `name`; unknown or not installed -> UsageProblem with one line."""
     targets = _targets()

@@ -50,10 +50,9 @@ log = logging.getLogger("medvlm.executors.ray")
 
 def forwarded_settings(backend: str) -> dict[str, str]:
     """The backend's settings variables (`settings_env`) that are set here, for the workers' environment."""
-    from ...models.backends import get_kind
+    from ...models.backends import settings_env
 
-    names = getattr(get_kind(backend, check_available=False), "settings_env", ())
-    return {name: os.environ[name] for name in names if name in os.environ}
+    return {name: os.environ[name] for name in settings_env(backend) if name in os.environ}
 
 
 def import_ray():

@@ -171,11 +171,11 @@ def finish_batch(batch: dict, spec: WorkerSpec) -> dict:
 
 def identity_mismatch(host: str, loaded: dict, expected: dict, backend: str) -> str:
     """One line: what this node resolved differently from the run (e.g. its CPU lacks bf16 instructions)."""
-    from ...models.backends import get_kind
+    from ...models.backends import settings_env
 
     keys = sorted(k for k in set(loaded) | set(expected) if loaded.get(k) != expected.get(k))
     diffs = ", ".join(f"{k} {loaded.get(k, '(unset)')} where the run has {expected.get(k, '(unset)')}" for k in keys)
-    names = getattr(get_kind(backend, check_available=False), "settings_env", ())
+    names = settings_env(backend)
     settings = f", set {' / '.join(names)} on the driver (it forwards them to every worker)" if names else ""
     return (f"worker {host} resolves the model differently from the run ({diffs}); give --device/--dtype/--quant "
             f"explicitly{settings}, or use identical nodes")
