@@ -70,10 +70,11 @@ def test_unknown_executor_is_a_usage_error(tmp_path):
 
 def test_the_hf_backend_names_its_settings_variables_as_its_modules_spell_them():
     """What a Ray driver forwards to its workers is exactly the switches the HF backend reads."""
-    from medvlm.models.hf import KIND, cpu_attention, cpu_mlp, int8, options, streamed_load
+    from medvlm.models.hf import KIND, cpu_attention, cpu_mlp, int8, kv_cache, options, streamed_load
 
     assert set(KIND.settings_env) == {options.CPU_VISION_DTYPE_ENV, cpu_attention.CPU_ATTENTION_ENV,
-                                      cpu_mlp.CPU_MLP_ENV, int8.MALLOC_REUSE_ENV, streamed_load.STREAMED_LOAD_ENV}
+                                      cpu_mlp.CPU_MLP_ENV, kv_cache.KV_CACHE_ENV, int8.MALLOC_REUSE_ENV,
+                                      streamed_load.STREAMED_LOAD_ENV}
 
 
 def test_forwarded_settings_are_the_set_ones_and_never_a_secret(monkeypatch):

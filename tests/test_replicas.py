@@ -430,6 +430,26 @@ def test_each_architectures_mlps_run_in_place_with_identical_logits(replicas, pr
     assert torch.equal(fast, plain)
 
 
+@pytest.mark.parametrize("preset", sorted(REPLICAS))
+def test_each_architecture_writes_the_same_tokens_with_the_in_place_kv_cache(replicas, preset):
+    """Two studies of different lengths in one batch (left padding), greedy, in-place cache vs transformers' own."""
+    from medvlm.models.hf import kv_cache
+
+    backend = load_backend(str(replicas[preset]), quant="int8", batch_size=2)
+    assert backend.info.details["kv_cache"] == kv_cache.DESCRIPTION
+    pairs = [(s, _prompt(s)) for s in (_study(1, key="s-one"), _study(2, size=(256, 320), key="s-two"))]
+    inputs = backend.preprocess(pairs).inputs
+    prompt = inputs["input_ids"].shape[1]
+    cache = kv_cache.new_cache(backend.model, prompt + 12)
+    assert "InPlaceLayer" in {type(layer).__name__ for layer in cache.layers}
+    with torch.inference_mode():
+        ours = backend.model.generate(**inputs, max_new_tokens=12, min_new_tokens=12, do_sample=False,
+                                      **{kv_cache.cache_argument(): cache})
+        theirs = backend.model.generate(**inputs, max_new_tokens=12, min_new_tokens=12, do_sample=False)
+    assert ours.shape == (2, prompt + 12) and torch.equal(ours, theirs)
+    assert all(layer._filled == prompt + 11 for layer in cache.layers if type(layer).__name__ == "InPlaceLayer")
+
+
 def test_streamed_int8_fallback_reason_is_recorded_in_provenance(tmp_path, replicas):
     from safetensors.torch import load_file, save_file
 

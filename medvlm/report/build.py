@@ -59,6 +59,7 @@ def model_provenance(info: ModelInfo) -> dict:
             "architecture": info.details.get("architecture"),
             "attention": info.details.get("attention"),
             "mlp": info.details.get("mlp"),
+            "kv_cache": info.details.get("kv_cache"),
             "backend": info.backend,
             "identity": info.identity or None,
         },

@@ -13,10 +13,10 @@ class HFKind:
 
     name = "hf"
     requires = ("torch", "transformers")
-    # The switches of options.py, cpu_attention.py, cpu_mlp.py, int8.py and streamed_load.py (spelled out
-    # here so that reading them imports no torch; a test checks they match those modules' constants).
-    settings_env = ("MEDVLM_CPU_VISION_DTYPE", "MEDVLM_CPU_ATTENTION", "MEDVLM_CPU_MLP", "MEDVLM_MALLOC_REUSE",
-                    "MEDVLM_STREAMED_LOAD")
+    # The switches of options.py, cpu_attention.py, cpu_mlp.py, kv_cache.py, int8.py and streamed_load.py
+    # (spelled out here so that reading them imports no torch; a test checks they match those modules' constants).
+    settings_env = ("MEDVLM_CPU_VISION_DTYPE", "MEDVLM_CPU_ATTENTION", "MEDVLM_CPU_MLP", "MEDVLM_CPU_KV_CACHE",
+                    "MEDVLM_MALLOC_REUSE", "MEDVLM_STREAMED_LOAD")
 
     def is_available(self) -> str | None:
         try:

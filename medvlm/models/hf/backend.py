@@ -15,7 +15,7 @@ from ...records import ModelOutput, Prompt, Study
 from ..base import BackendBase, BatchTiming, ModelInfo
 from ..checkpoint import weights_digest
 from ..registry import resolve
-from . import cpu_attention, cpu_mlp, int8, options, streamed_load
+from . import cpu_attention, cpu_mlp, int8, kv_cache, options, streamed_load
 from .identity import hf_identity
 from .processor import cap_visual_tokens, load_processor
 from .tokens import control_token_ids
@@ -112,10 +112,13 @@ class HFBackend(BackendBase):
             quant_desc = f"{int8.quantize_cpu_int8(model, chosen.vision_dtype or 'bfloat16')}; checkpoint {int8_load}"
             int8.release_freed_memory()
         vision_attention = inplace_mlp = None
+        self._kv_cache_arg = None  # the generate() keyword an in-place KV cache goes under, where one is used
         if dev == "cpu":
             int8.reuse_freed_memory()
             vision_attention = cpu_attention.use_for_vision(model)
             inplace_mlp = cpu_mlp.use_inplace(model)
+            if kv_cache.choice() == "inplace" and kv_cache.new_cache(model, 1) is not None:
+                self._kv_cache_arg = kv_cache.cache_argument()
         self.model = model
         self._pixel_dtype = int8.vision_dtype(model)
         tokenizer = getattr(self.processor, "tokenizer", self.processor)
@@ -154,6 +157,7 @@ class HFBackend(BackendBase):
                     str(a) for a in (getattr(model.config, "_attn_implementation", None), vision_attention) if a
                 ) or None,
                 "mlp": inplace_mlp,
+                "kv_cache": kv_cache.DESCRIPTION if self._kv_cache_arg else None,
                 "memory_estimate_bytes": (
                     {"weights": estimate.weights, "load_peak": estimate.load_peak, "activations": estimate.activations}
                     if estimate else None
@@ -209,6 +213,10 @@ class HFBackend(BackendBase):
         gen_kwargs: dict = {"max_new_tokens": max_new_tokens, "do_sample": False}
         if ignore_eos:
             gen_kwargs["min_new_tokens"] = max_new_tokens
+        if self._kv_cache_arg:
+            cache = kv_cache.new_cache(self.model, inputs["input_ids"].shape[1] + max_new_tokens)
+            if cache is not None:
+                gen_kwargs[self._kv_cache_arg] = cache
         started = time.perf_counter()
         with torch.inference_mode():
             out = self.model.generate(**inputs, **gen_kwargs, logits_processor=LogitsProcessorList([first_token]))
