@@ -394,9 +394,9 @@ def _vision_params(model_dir: Path) -> int:
 
 def _bounds(config: RunConfig, runs: list[RunFigures], model_dir: Path) -> dict:
     """The machine's matmul rates and bandwidth at this model's shapes, and each run's share of those bounds."""
-    from .bench_bounds import Shapes, measure, shares
+    from .bench_bounds import Shapes, kv_bytes_per_step, measure, shares
     from .executors.local import chunks
-    from .models.memory import model_shape, param_counts
+    from .models.memory import model_shape, param_counts, sliding_layers
 
     shape, counts = model_shape(model_dir), param_counts(model_dir)
     opt = runs[0]
@@ -408,6 +408,7 @@ def _bounds(config: RunConfig, runs: list[RunFigures], model_dir: Path) -> dict:
     head = shape.vocab * shape.hidden  # the lm_head runs on the last prompt token only in prefill, every step in decode
     layer_linear = counts.quantizable - (0 if counts.tied_lm_head else head)
     vision = _vision_params(model_dir)
+    sliding = sliding_layers(model_dir)
     result = {"machine": measured, "runs": {}}
     for run in runs:
         int8 = run.quantization.startswith("int8")
@@ -419,11 +420,16 @@ def _bounds(config: RunConfig, runs: list[RunFigures], model_dir: Path) -> dict:
         tok, imgs, per = _report_sizes(sub)
         batches = len(list(chunks(list(range(len(per))), max(1, run.batch_size))))
         weight_bytes = (layer_linear + head) * (1 if int8 else (2 if lm_kind == "bf16" else 4))
+        rows = len(per) / max(batches, 1)
+        # keys and values are held in the activations' dtype: fp32 beside CPU int8 and fp32 weights, else 2 bytes
+        kv = kv_bytes_per_step(layers=shape.layers, kv_heads=shape.kv_heads, head_dim=shape.head_dim,
+                               width=2 if lm_kind == "bf16" else 4, rows=rows,
+                               context=tok / max(len(per), 1) + config.max_new_tokens / 2, **sliding)
         result["runs"][run.label] = shares(
             measured, lm_linear_params=layer_linear, lm_weight_bytes=weight_bytes, vision_params=vision,
             prompt_tokens=tok, images=imgs, patches_per_image=shape.patches, prefill_s=run.stages.get("prefill", 0.0),
             decode_steps=batches * max(config.max_new_tokens - 1, 0), decode_s=run.stages.get("decode_tokens", 0.0),
-            batch_size=len(per) / max(batches, 1), vision_kind=vision_kind, lm_kind=lm_kind,
+            batch_size=rows, vision_kind=vision_kind, lm_kind=lm_kind, kv_bytes_per_step=kv,
         )
     return result
 

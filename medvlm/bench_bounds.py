@@ -121,13 +121,14 @@ def _rate(bounds: dict, label: str) -> float | None:
 
 def shares(bounds: dict, *, lm_linear_params: int, lm_weight_bytes: int, vision_params: int, prompt_tokens: int,
            images: int, patches_per_image: int, prefill_s: float, decode_steps: int, decode_s: float,
-           batch_size: int, vision_kind: str, lm_kind: str) -> dict:
+           batch_size: int, vision_kind: str, lm_kind: str, kv_bytes_per_step: int = 0) -> dict:
     """Prefill and decode against the bounds: bound time / measured time (1.0 = at the limit).
 
     Prefill ops = 2 x LM Linear parameters x prompt tokens (padding included) + 2 x vision parameters x patches;
     attention is left out (a lower bound on the work, so the share is if anything understated).
-    Decode: each step reads every LM weight once, so the step cannot beat weight bytes / read bandwidth;
-    the compute bound (2 x params x batch at the best rate measured for that precision) is shown beside it.
+    Decode: each step reads every LM weight once and the keys and values cached so far (kv_bytes_per_step,
+    the mean over the answer), so the step cannot beat those bytes / read bandwidth; the compute bound
+    (2 x params x batch at the best rate measured for that precision) is shown beside it.
     """
     vision_rate = _rate(bounds, f"{vision_kind} matmul, vision tower MLP")
     lm_label = {"int8": "int8 dynamic Linear (fbgemm), prefill (LM MLP)", "fp32": "fp32 matmul, prefill (LM MLP)",
@@ -143,7 +144,7 @@ def shares(bounds: dict, *, lm_linear_params: int, lm_weight_bytes: int, vision_
     bandwidth = bounds["read_bandwidth_gbs"] * 1e9
     if decode_steps and decode_s:
         step = decode_s / decode_steps
-        memory_bound = lm_weight_bytes / bandwidth
+        memory_bound = (lm_weight_bytes + kv_bytes_per_step) / bandwidth
         # the machine's compute limit for this precision: the best rate measured at any shape (the
         # decode-shape kernel rate is in the table; using it here would call a slow kernel the limit)
         kinds = {"int8": ("int8_dynamic", "int8_mm"), "bf16": ("bf16",), "fp32": ("fp32",)}[lm_kind]
@@ -151,10 +152,21 @@ def shares(bounds: dict, *, lm_linear_params: int, lm_weight_bytes: int, vision_
         decode_rate = max(measured) if measured else None
         compute_bound = 2 * lm_linear_params * batch_size / decode_rate if decode_rate else 0.0
         out.update(decode_step_s=step, decode_memory_bound_s=memory_bound, decode_compute_bound_s=compute_bound,
+                   decode_kv_bytes_per_step=kv_bytes_per_step, decode_kv_bound_s=kv_bytes_per_step / bandwidth,
                    decode_share=max(memory_bound, compute_bound) / step,
                    decode_tokens_per_s=batch_size / step,
                    decode_bound_tokens_per_s=batch_size / max(memory_bound, compute_bound))
     return out
+
+
+def kv_bytes_per_step(*, layers: int, kv_heads: int, head_dim: int, width: int, rows: float, context: float,
+                      sliding_layers: int = 0, window: int | None = None) -> int:
+    """Bytes of cached keys and values one decode step reads: every layer, both tensors, every row's context
+    (a sliding-window layer reads at most its window)."""
+    per_position = 2 * kv_heads * head_dim * width * rows
+    full = layers - sliding_layers
+    sliding_context = min(context, window) if window else context
+    return int(per_position * (full * context + sliding_layers * sliding_context))
 
 
 def bound_lines(bounds: dict, share: dict | None) -> list[str]:
@@ -174,7 +186,8 @@ def bound_lines(bounds: dict, share: dict | None) -> list[str]:
             lines.append(
                 f"decode: {1000 * share['decode_step_s']:.0f} ms/step ({share['decode_tokens_per_s']:.1f} tok/s) vs bound "
                 f"{1000 * max(share['decode_memory_bound_s'], share['decode_compute_bound_s']):.0f} ms/step "
-                f"(weights/bandwidth {1000 * share['decode_memory_bound_s']:.0f} ms, compute "
+                f"(weights and KV cache/bandwidth {1000 * share['decode_memory_bound_s']:.0f} ms, of which KV "
+                f"{1000 * share.get('decode_kv_bound_s', 0.0):.0f} ms; compute "
                 f"{1000 * share['decode_compute_bound_s']:.0f} ms) -> {100 * share['decode_share']:.0f}% of the bound"
             )
     return lines

@@ -213,6 +213,17 @@ def model_shape(model_dir: Path) -> ModelShape:
     )
 
 
+def sliding_layers(model_dir: Path) -> dict:
+    """How many decoder layers attend within a sliding window, and the window, from config.json's layer_types
+    (Gemma 3 and others that list them); no window where the config names none."""
+    text = _text_config(_read_config(model_dir))
+    window, types = text.get("sliding_window"), text.get("layer_types") or []
+    count = sum(1 for t in types if t == "sliding_attention")
+    if not window or not count:
+        return {"sliding_layers": 0, "window": None}
+    return {"sliding_layers": count, "window": int(window)}
+
+
 def estimate(
     counts: ParamCounts,
     shape: ModelShape,
