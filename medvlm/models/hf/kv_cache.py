@@ -16,6 +16,7 @@ Only on CPU, where it was measured. MEDVLM_CPU_KV_CACHE=dynamic turns it off.
 
 from __future__ import annotations
 
+import functools
 import os
 
 from ...errors import ModelUnavailable
@@ -68,6 +69,7 @@ class _InPlace:
         return self.keys, self.values
 
 
+@functools.lru_cache(maxsize=None)
 def _layer_classes():
     from transformers.cache_utils import DynamicLayer, DynamicSlidingWindowLayer
 
@@ -93,7 +95,8 @@ def _layer_classes():
         def update(self, key_states, value_states, *args, **kwargs):
             if not self.is_initialized:
                 self.lazy_initialization(key_states, value_states)
-            if self._spilled or self.record_past or self.cumulative_length + key_states.shape[-2] >= self.sliding_window:
+            past_window = self.cumulative_length + key_states.shape[-2] >= self.sliding_window
+            if self._spilled or getattr(self, "record_past", False) or past_window:
                 # From here on the window drops positions: transformers' own update, on the values so far.
                 self._spilled, self._buffers = True, None
                 return DynamicSlidingWindowLayer.update(self, key_states, value_states, *args, **kwargs)
