@@ -61,24 +61,23 @@ def _texts(backend, pairs, tokens, ignore_eos=False):
             for o in backend.generate_prepared(prepared, max_new_tokens=tokens, ignore_eos=ignore_eos)]
 
 
-def _phantom_pairs():
-    from medvlm.ingest import discover, load_study
-    from medvlm.prompts import load_template, render_prompt
+def _phantom_pairs(tmp_path):
+    """The sample studies and their prompts as `medvlm batch` prepares them (stages.prepare)."""
+    from medvlm.config import RunConfig
+    from medvlm.ingest import discover
+    from medvlm.resources import Resources
+    from medvlm.stages import StudyWork, prepare
 
-    root = SAMPLE_STUDIES
-    template = load_template("chest_xray")
-    pairs = []
-    for ref in discover(root, b"0" * 32, "chest_xray"):
-        if hasattr(ref, "stage"):
-            continue
-        study = load_study(ref, "chest_xray", max_images=2, root=root)
-        pairs.append((study, render_prompt(study, template)))
-    return pairs
+    config = RunConfig(studies=SAMPLE_STUDIES, out=tmp_path, model="phantom")
+    resources = Resources.for_config(config)
+    works = [prepare(ref, config, resources) for ref in discover(SAMPLE_STUDIES, b"0" * 32, config.modality)
+             if not hasattr(ref, "stage")]
+    return [(w.study, w.prompt) for w in works if isinstance(w, StudyWork)]
 
 
-def test_phantom_reports_are_identical_with_the_dynamic_cache(monkeypatch):
+def test_phantom_reports_are_identical_with_the_dynamic_cache(monkeypatch, tmp_path):
     """The phantom model writes real report text: every sample study, one batch (left padding), both caches."""
-    pairs = _phantom_pairs()
+    pairs = _phantom_pairs(tmp_path)
     assert len(pairs) >= 5
     fast = load_backend("phantom", quant="int8", batch_size=len(pairs))
     monkeypatch.setenv(kv_cache.KV_CACHE_ENV, "dynamic")

@@ -42,10 +42,13 @@ def cache_argument() -> str:
 class _InPlace:
     """Mixin for a transformers cache layer: keys and values live in buffers sized once, grown only if needed."""
 
-    capacity = 0
-    _spilled = False
+    def __init__(self, capacity: int, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.capacity, self._buffers, self._spilled = capacity, None, False
 
-    def _write(self, key_states, value_states):
+    def update(self, key_states, value_states, *args, **kwargs):
+        if not self.is_initialized:
+            self.lazy_initialization(key_states, value_states)
         n = key_states.shape[-2]
         if self._buffers is None:
             batch, heads, _, dim = key_states.shape
@@ -68,44 +71,27 @@ class _InPlace:
         self.keys, self.values = keys[:, :, :end], values[:, :, :end]
         return self.keys, self.values
 
+    def reset(self) -> None:
+        self._buffers, self._spilled = None, False
+        super().reset()
+
 
 @functools.lru_cache(maxsize=None)
 def _layer_classes():
     from transformers.cache_utils import DynamicLayer, DynamicSlidingWindowLayer
 
     class InPlaceLayer(_InPlace, DynamicLayer):
-        def __init__(self, capacity: int):
-            super().__init__()
-            self.capacity, self._buffers = capacity, None
-
-        def update(self, key_states, value_states, *args, **kwargs):
-            if not self.is_initialized:
-                self.lazy_initialization(key_states, value_states)
-            return self._write(key_states, value_states)
-
-        def reset(self) -> None:
-            self._buffers = None
-            super().reset()
+        pass
 
     class InPlaceSlidingLayer(_InPlace, DynamicSlidingWindowLayer):
-        def __init__(self, capacity: int, sliding_window: int):
-            super().__init__(sliding_window=sliding_window)
-            self.capacity, self._buffers = capacity, None
-
         def update(self, key_states, value_states, *args, **kwargs):
-            if not self.is_initialized:
-                self.lazy_initialization(key_states, value_states)
             past_window = self.cumulative_length + key_states.shape[-2] >= self.sliding_window
             if self._spilled or getattr(self, "record_past", False) or past_window:
                 # From here on the window drops positions: transformers' own update, on the values so far.
                 self._spilled, self._buffers = True, None
                 return DynamicSlidingWindowLayer.update(self, key_states, value_states, *args, **kwargs)
             self.cumulative_length += key_states.shape[-2]
-            return self._write(key_states, value_states)
-
-        def reset(self) -> None:
-            self._buffers, self._spilled = None, False
-            super().reset()
+            return super().update(key_states, value_states)
 
     return DynamicLayer, DynamicSlidingWindowLayer, InPlaceLayer, InPlaceSlidingLayer
 
